@@ -1,0 +1,3 @@
+from ingot.cli.app import main
+
+main()

@@ -1,0 +1,48 @@
+"""The CPU target: the cleaned ONNX model, run by ONNX Runtime."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ingot.plans import BundleWriter, Target, TargetName
+
+if TYPE_CHECKING:
+    import onnx
+
+_EXTERNAL_DATA_ABOVE = 1 << 30  # protobuf caps one message at 2 GiB
+
+
+def compile_cpu(model: onnx.ModelProto, target: TargetName, writer: BundleWriter, opset: int) -> Target:
+    import onnx
+    import onnxruntime as ort
+
+    rel = f"targets/{target.name}/model.onnx"
+    files = [rel]
+    if model.ByteSize() > _EXTERNAL_DATA_ABOVE:
+        onnx.save_model(model, writer.path(rel), save_as_external_data=True, location="model.onnx.data")
+        files.append(rel + ".data")
+    else:
+        onnx.save_model(model, writer.path(rel))
+    return Target(
+        name=target.name,
+        device="cpu",
+        arch=target.arch,
+        backend="onnxruntime",
+        backend_version=ort.__version__,
+        entrypoint=rel,
+        build_options={"opset": opset, "graph_optimization_level": "all"},
+        files=[writer.entry(f) for f in files],
+    )
+
+
+def ort_runner(path: str, session_config: dict[str, str]):
+    """A `feeds -> {name: array}` callable over the built plan, for verification."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for key, value in session_config.items():
+        options.add_session_config_entry(key, value)
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(names, feeds)))

@@ -1,0 +1,146 @@
+"""`ingot build | run | inspect | merge`: parse options, call one function, render.
+
+Commands translate and delegate; errors become exit codes in cli/errors.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ingot import __version__
+from ingot.cli import render
+from ingot.cli.errors import run_guarded, split_debug
+
+app = typer.Typer(
+    name="ingot",
+    help="Compile models ahead of time into plan bundles, and run them.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+@app.command()
+def build(
+    source: Annotated[str, typer.Argument(help="HF model folder, .gguf or .onnx file, or module:function.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to write (or add a target to).")],
+    target: Annotated[list[str], typer.Option("--target", "-t", help="cpu (default), cpu-x86_64, sm_90, ...")] = [],  # noqa: B006
+    name: Annotated[str | None, typer.Option(help="Model id recorded in the manifest.")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare the plan with the source model.")] = True,
+    atol: Annotated[float, typer.Option(help="Verification: absolute tolerance.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Verification: tolerance relative to max |reference|.")] = 1e-3,
+    opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 21,
+    dim: Annotated[list[str], typer.Option("--dim", help="Range of a dynamic dim: NAME=MIN:MAX (repeatable).")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option(help="Replace a bundle of a different model at --output.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build SOURCE into a plan bundle (atomically; a failed build leaves --output as it was)."""
+    from ingot.builder.config import BuildConfig
+    from ingot.builder.pipeline import build as run_build
+    from ingot.cli.progress import stage
+
+    cfg = BuildConfig(
+        source=source, output=output, targets=target or ["cpu"], name=name, verify=verify,
+        atol=atol, rtol=rtol, opset=opset, dims=_parse_dims(dim), overwrite=overwrite,
+    )
+    manifest = run_build(cfg, stage)
+    if json_out:
+        render.print_json({"bundle": str(output), "manifest": manifest.model_dump(mode="json")})
+    else:
+        render.out.print(f"bundle {output}: {manifest.model.id}, targets {', '.join(manifest.targets)}")
+
+
+@app.command()
+def run(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable): one batch row each.")] = [],  # noqa: B006
+    input: Annotated[list[str], typer.Option("--input", "-i", help="NAME=FILE.npy (repeatable).")] = [],  # noqa: B006
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Save outputs to OUT.npz.")] = None,
+    target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a bundle on this machine (checksums are checked first)."""
+    from ingot.runtime import InputError, load
+    from ingot.runtime.inputs import load_npy
+
+    model = load(bundle, target)
+    feeds = model.encode(text) if text else {}
+    feeds.update(load_npy(spec) for spec in input)
+    if not feeds:
+        raise InputError("no inputs: pass --text (text models) or --input NAME=FILE.npy")
+    outputs = model.run(feeds)
+    if output is not None:
+        render.save_npz(output, outputs)
+    if json_out:
+        render.print_json({"model": model.manifest.model.id, "target": model.target.name, "outputs": render.outputs_json(outputs)})
+    elif output is None:
+        render.outputs_text(outputs, model.manifest.model.kind)
+    else:
+        render.out.print(f"saved {', '.join(outputs)} to {output}")
+
+
+@app.command()
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    check: Annotated[bool, typer.Option("--check", help="Also verify every file's sha256.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what a bundle holds: model, I/O, tokenizer, targets and their verification."""
+    from ingot.plans import open_bundle
+
+    b = open_bundle(bundle, verify=check)
+    if json_out:
+        render.print_json(b.manifest.model_dump(mode="json"))
+    else:
+        render.manifest_table(b.manifest, b.root)
+
+
+@app.command()
+def merge(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundles of the same model (e.g. one per GPU arch).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Merged bundle folder.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a bundle of a different model at --output.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Merge bundles of one model into one bundle holding all their targets."""
+    from ingot.plans import merge_bundles
+
+    manifest = merge_bundles(output, bundles, overwrite=overwrite)
+    if json_out:
+        render.print_json({"bundle": str(output), "targets": sorted(manifest.targets)})
+    else:
+        render.out.print(f"bundle {output}: targets {', '.join(sorted(manifest.targets))}")
+
+
+@app.command()
+def version() -> None:
+    """Print the ingot version."""
+    print(__version__)
+
+
+def _parse_dims(specs: list[str]) -> dict[str, tuple[int, int]]:
+    dims = {}
+    for spec in specs:
+        name, _, rng = spec.partition("=")
+        lo, _, hi = rng.partition(":")
+        if not (name and lo.isdigit() and hi.isdigit()):
+            raise typer.BadParameter(f"{spec!r}: expected NAME=MIN:MAX", param_hint="--dim")
+        dims[name] = (int(lo), int(hi))
+    return dims
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
+    code = run_guarded(lambda: app(args=args, prog_name="ingot"), debug)
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

