@@ -42,7 +42,28 @@ def export_onnx(loaded: LoadedModel, opset: int = DEFAULT_OPSET) -> onnx.ModelPr
             )
         except Exception as e:
             raise ExportError(_describe(e, loaded, log.getvalue())) from e
-    return program.model_proto
+    model = program.model_proto
+    name_nodes(model, loaded.scope_prefix)
+    return model
+
+
+def name_nodes(model: onnx.ModelProto, strip: str = "") -> None:
+    """Name each node after the torch module it came from: `model.layers.0.mlp.up_proj/MatMul`.
+
+    The exporter records the module path in metadata that graph clean-up drops; node names
+    survive, and quantization's --exclude patterns match them.
+    """
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if not scopes:
+            continue
+        parts = [s.strip(" '\"") for s in scopes.strip("[]").split(",")]
+        path = next((s for s in reversed(parts[:-1]) if s and not s.startswith("_empty_nn_module_stack")), "")
+        path = path[len(strip):] if strip and path.startswith(strip) else path
+        base = f"{path}/{node.op_type}" if path else node.op_type
+        seen[base] = seen.get(base, 0) + 1
+        node.name = base if seen[base] == 1 else f"{base}_{seen[base] - 1}"
 
 
 def _check_example(loaded: LoadedModel) -> None:

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     import onnx
 
 _UNBOUNDED = 2**31 - 1
+# Folding e.g. Transpose(tied embedding) would store a second copy of a large weight in
+# the bundle; above this size ONNX Runtime folds it in memory at load instead.
+FOLD_SIZE_LIMIT = 32 << 20
 _DTYPES = {
     1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 7: "int64", 6: "int32",
     5: "int16", 3: "int8", 2: "uint8", 9: "bool",
@@ -22,7 +25,7 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup().toposort()
+    graph.fold_constants(size_threshold=FOLD_SIZE_LIMIT).cleanup().toposort()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     return out

@@ -156,6 +156,7 @@ def _wrap(model, kind: str, tokenizer, source: SourceInfo, model_id: str, poolin
         architecture=(model.config.architectures or [type(model).__name__])[0],
         tokenizer=tokenizer,
         text_inputs=text_inputs,
+        scope_prefix="model.",  # _TextModel.model
     )
 
 

@@ -44,7 +44,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
         loaded.dims = apply_dim_ranges(loaded.dims, cfg.dims)
     with stage("export to ONNX"):
         model = export_onnx(loaded, cfg.opset)
-    with stage("clean graph"):
+    with stage("clean graph"), quiet():
         model = cleanup(model)
     inputs, outputs = io_specs(model, loaded.dims)
     with writer:

@@ -44,6 +44,7 @@ class LoadedModel:
     architecture: str | None = None
     tokenizer: Any = None  # a transformers tokenizer, saved into the bundle
     text_inputs: dict[str, str] = field(default_factory=dict)  # input name -> Encoding field
+    scope_prefix: str = ""  # module-path prefix of a wrapper, dropped from node names
 
 
 def load_source(source: str, name: str | None = None) -> LoadedModel:
