@@ -54,7 +54,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
                 built[t.name] = _compile(model, t, writer, cfg, inputs)
             if cfg.verify and loaded.module is not None and t.device == "cpu":
                 with stage(f"verify {t.name}"):
-                    built[t.name] = _verify(built[t.name], writer, loaded, cfg)
+                    built[t.name] = _verify(built[t.name], writer, loaded, cfg, host.cpu)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             ingot_version=__version__,
@@ -90,9 +90,9 @@ def _compile(model, target: TargetName, writer: BundleWriter, cfg: BuildConfig, 
         return compile_tensorrt(path, target, inputs, writer)
 
 
-def _verify(target: Target, writer: BundleWriter, loaded: LoadedModel, cfg: BuildConfig) -> Target:
+def _verify(target: Target, writer: BundleWriter, loaded: LoadedModel, cfg: BuildConfig, ran_on: str) -> Target:
     run = ort_runner(str(writer.path(target.entrypoint)), target.session_config)
-    verification = verify_outputs(run, loaded, cfg.atol, cfg.rtol)
+    verification = verify_outputs(run, loaded, cfg.atol, cfg.rtol, ran_on)
     return target.model_copy(update={"verification": verification})
 
 

@@ -124,7 +124,7 @@ def _load_factory(module_name: str, func_name: str, source: str) -> LoadedModel:
     return LoadedModel(
         model_id=Path(module_name).stem.rsplit(".", 1)[-1] if func_name in _GENERIC_FACTORY_NAMES else func_name,
         kind=spec.kind,
-        source=SourceInfo(type="factory", name=source, sha256=_factory_hash(module, source, spec)),
+        source=SourceInfo(type="factory", name=_portable(module_name, func_name), sha256=_factory_hash(module, spec)),
         example=dict(spec.inputs),
         dims=spec.dims(),
         output_names=spec.output_names or _probe_output_names(spec),
@@ -151,9 +151,16 @@ def _import_factory_module(module_name: str, source: str):
         raise SourceError(f"cannot import {module_name!r} for {source}: {type(e).__name__}: {_first_line(e)}") from e
 
 
-def _factory_hash(module, source: str, spec: ModelSpec) -> str:
-    """Identity of a factory model: its code, its name and its weights."""
-    h = hashlib.sha256(source.encode())
+def _portable(module_name: str, func_name: str) -> str:
+    """`pkg.mod:fn` as given; a file path by its name only, so manifests do not depend on where a build ran."""
+    if module_name.endswith(".py") or "/" in module_name:
+        module_name = Path(module_name).name
+    return f"{module_name}:{func_name}"
+
+
+def _factory_hash(module, spec: ModelSpec) -> str:
+    """Identity of a factory model: its code and its weights."""
+    h = hashlib.sha256()
     if getattr(module, "__file__", None):
         h.update(Path(module.__file__).read_bytes())
     for name, tensor in sorted(spec.module.state_dict().items()):

@@ -15,7 +15,7 @@ from ingot.plans.manifest import OutputCheck
 
 
 def verify_outputs(
-    run, loaded: LoadedModel, atol: float, rtol: float, reference: str = "torch"
+    run, loaded: LoadedModel, atol: float, rtol: float, ran_on: str, reference: str = "torch"
 ) -> Verification:
     """`run(feeds) -> {name: array}` is the built target. Raise VerificationError beyond
     tolerance: max |a - b| > atol + rtol * max |b| for any output."""
@@ -40,7 +40,7 @@ def verify_outputs(
             prev = worst.get(name, (0.0, 0.0))
             worst[name] = (max(prev[0], err), max(prev[1], rel))
     checks = [OutputCheck(name=n, max_abs_err=a, max_rel_err=r) for n, (a, r) in worst.items()]
-    return Verification(reference=reference, atol=atol, rtol=rtol, passed=True, samples=len(samples), outputs=checks)
+    return Verification(reference=reference, ran_on=ran_on, atol=atol, rtol=rtol, passed=True, samples=len(samples), outputs=checks)
 
 
 def _torch_outputs(loaded: LoadedModel, sample: dict) -> dict[str, np.ndarray]:

@@ -49,7 +49,8 @@ def _verified(t: Target) -> str:
     if v is None:
         return "no"
     worst = max(v.outputs, key=lambda c: c.max_abs_err, default=None)
-    return f"vs {v.reference}: max abs err {worst.max_abs_err:.2g}" if worst else f"vs {v.reference}"
+    where = f" on {v.ran_on}" if v.ran_on != t.name else ""
+    return f"vs {v.reference}{where}: max abs err {worst.max_abs_err:.2g}" if worst else f"vs {v.reference}{where}"
 
 
 def outputs_text(outputs: dict[str, np.ndarray], kind: str) -> None:

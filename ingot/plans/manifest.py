@@ -102,6 +102,7 @@ class Verification(_Frozen):
     """How a target's outputs compared with the source model on example inputs."""
 
     reference: str
+    ran_on: str  # the target of the machine that ran the plan (a cross-built target is checked there)
     atol: float
     rtol: float
     passed: bool

@@ -14,6 +14,7 @@ from tests.conftest import assert_user_error, built, ingot, tree_digest
 def test_factory_bundle(cnn_bundle, tiny_cnn_py):
     m = open_bundle(cnn_bundle).manifest
     assert m.model.kind == "classifier" and m.model.source.type == "factory" and m.model.id == "tiny_cnn"
+    assert m.model.source.name == "tiny_cnn.py:model"  # no machine-specific path in the manifest
     assert [i.describe() for i in m.inputs] == ["image: float32[batch(1..8), 3, 16, 16]"]
     assert [o.describe() for o in m.outputs] == ["logits: float32[batch(1..8), 5]"]
     target = m.targets["cpu-x86_64"]
@@ -74,6 +75,7 @@ def test_onnx_source_round_trip(cnn_bundle, tmp_path):
 def test_another_target_is_added_then_merged(cnn_bundle, tiny_cnn_py, tmp_path):
     arm = built(f"{tiny_cnn_py}:model", tmp_path / "arm", "--target", "cpu-aarch64")
     assert list(open_bundle(arm).manifest.targets) == ["cpu-aarch64"]
+    assert open_bundle(arm).manifest.targets["cpu-aarch64"].verification.ran_on == "cpu-x86_64"
     proc = ingot("merge", cnn_bundle, arm, "-o", tmp_path / "both", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["targets"] == ["cpu-aarch64", "cpu-x86_64"]

