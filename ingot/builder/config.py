@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ingot.builder.errors import BuildError
 
 from ingot.builder.export import DEFAULT_OPSET
 
@@ -22,6 +25,19 @@ class BuildConfig(BaseModel):
     opset: int = Field(DEFAULT_OPSET, ge=17)
     dims: dict[str, tuple[int, int]] = {}  # --dim NAME=MIN:MAX
     overwrite: bool = False
+    # quantization (ingot/quant): the spec is validated by QuantSpec
+    quant: Literal["none", "fp8", "int4", "int4-awq"] = "none"
+    block_size: int = 128
+    exclude: list[str] = []
+    calib: Path | None = None
+    calib_samples: int = Field(32, ge=1)
+    calib_seq_len: int = Field(256, ge=2)
+    calib_method: Literal["max", "percentile"] = "max"
+    accuracy_level: int = Field(4, ge=0, le=4)
+    # accuracy gate (quantized builds): None turns a gate off
+    max_ppl_increase: float | None = Field(None, ge=0)
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    min_top1: float | None = Field(None, ge=0, le=1)
 
     @field_validator("dims")
     @classmethod
@@ -30,3 +46,13 @@ class BuildConfig(BaseModel):
             if not 0 <= lo <= hi or hi < 1:
                 raise ValueError(f"--dim {name}={lo}:{hi}: need 0 <= MIN <= MAX and MAX >= 1")
         return dims
+
+
+def build_config(**options) -> BuildConfig:
+    """BuildConfig from command-line options; a bad value is one BuildError line."""
+    try:
+        return BuildConfig(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        option = "--" + "-".join(str(p) for p in err["loc"][:1]).replace("_", "-")
+        raise BuildError(f"{option}: {err['msg'].removeprefix('Value error, ')}") from None

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
 _EXTERNAL_DATA_ABOVE = 1 << 30  # protobuf caps one message at 2 GiB
 
 
-def compile_cpu(model: onnx.ModelProto, target: TargetName, writer: BundleWriter, opset: int) -> Target:
+def compile_cpu(
+    model: onnx.ModelProto, target: TargetName, writer: BundleWriter, opset: int, session_config: dict[str, str]
+) -> Target:
     import onnx
     import onnxruntime as ort
 
@@ -31,18 +33,19 @@ def compile_cpu(model: onnx.ModelProto, target: TargetName, writer: BundleWriter
         backend_version=ort.__version__,
         entrypoint=rel,
         build_options={"opset": opset, "graph_optimization_level": "all"},
+        session_config=session_config,
         files=[writer.entry(f) for f in files],
     )
 
 
-def ort_runner(path: str, session_config: dict[str, str]):
-    """A `feeds -> {name: array}` callable over the built plan, for verification."""
+def ort_runner(model: str | bytes, session_config: dict[str, str]):
+    """A `feeds -> {name: array}` callable over a plan (a path, or a serialized model)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     for key, value in session_config.items():
         options.add_session_config_entry(key, value)
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return lambda feeds: dict(zip(names, session.run(names, feeds)))

@@ -1,7 +1,8 @@
-"""`ingot build`: load → export → clean → compile per target → verify → write the bundle.
+"""`ingot build`: load → export → clean → (quantize) → compile per target → verify → write.
 
 Each stage is a small function with one owner of its artifact; this module only chains
-them. Nothing reaches the output folder until every stage has passed.
+them. Nothing reaches the output folder until every stage, the accuracy gate included,
+has passed.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import contextlib
 import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ingot import __version__
 from ingot.builder.config import BuildConfig
 from ingot.builder.cpu import compile_cpu, ort_runner
+from ingot.builder.errors import BuildError
 from ingot.builder.export import export_onnx
-from ingot.builder.quiet import quiet
 from ingot.builder.graph import apply_dim_ranges, cleanup, io_specs
+from ingot.builder.quantize import QuantResult, quant_spec, quantize_model
+from ingot.builder.quiet import quiet
 from ingot.builder.sources import LoadedModel, load_source
 from ingot.builder.tensorrt import check_tensorrt_target, compile_tensorrt
 from ingot.builder.verify import verify_outputs
@@ -31,13 +35,23 @@ def _no_progress(_: str) -> AbstractContextManager:
     return contextlib.nullcontext()
 
 
+@dataclass
+class _Graphs:
+    """The float graph (the reference) and the one compiled into plans (quantized or not)."""
+
+    float_model: object
+    plan_model: object
+    quant: QuantResult | None
+
+
 def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
     """Build `cfg.source` into the bundle at `cfg.output`; returns the written manifest."""
     host = detect_host()
     targets = [_parse_target(t, host.cpu) for t in dict.fromkeys(cfg.targets)]
+    spec = quant_spec(cfg)  # a bad --block-size fails before any work
     for t in targets:
         if t.device == "cuda":
-            check_tensorrt_target(t)
+            _check_gpu_target(t, cfg)
     writer = BundleWriter(cfg.output, overwrite=cfg.overwrite)  # refuses a non-bundle folder up front
     with stage("load source"), quiet():
         loaded = load_source(cfg.source, cfg.name)
@@ -47,14 +61,18 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
     with stage("clean graph"), quiet():
         model = cleanup(model)
     inputs, outputs = io_specs(model, loaded.dims)
+    graphs = _Graphs(model, model, None)
+    if spec is not None:
+        quant = quantize_model(model, spec, loaded, cfg, stage)
+        graphs = _Graphs(model, quant.model, quant)
     with writer:
         built = {}
         for t in targets:
             with stage(f"compile {t.name}"):
-                built[t.name] = _compile(model, t, writer, cfg, inputs)
-            if cfg.verify and loaded.module is not None and t.device == "cpu":
+                built[t.name] = _compile(graphs, t, writer, cfg, inputs)
+            if cfg.verify and t.device == "cpu":
                 with stage(f"verify {t.name}"):
-                    built[t.name] = _verify(built[t.name], writer, loaded, cfg, host.cpu)
+                    built[t.name] = _verify(built[t.name], writer, loaded, graphs, cfg, host.cpu)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             ingot_version=__version__,
@@ -63,6 +81,8 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
             ),
             inputs=inputs,
             outputs=outputs,
+            precision=graphs.quant.precision if graphs.quant else "fp32",
+            quantization=graphs.quant.info if graphs.quant else None,
             tokenizer=_save_tokenizer(loaded, writer),
             targets=built,
         )
@@ -71,28 +91,42 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
 
 
 def _parse_target(text: str, host_cpu: str) -> TargetName:
-    from ingot.builder.errors import BuildError
-
     try:
         return TargetName.parse(text, host_cpu.removeprefix("cpu-"))
     except ValueError as e:
         raise BuildError(str(e)) from None
 
 
-def _compile(model, target: TargetName, writer: BundleWriter, cfg: BuildConfig, inputs) -> Target:
+def _check_gpu_target(t: TargetName, cfg: BuildConfig) -> None:
+    if cfg.quant == "fp8" and int(t.arch.removeprefix("sm_")) < 89:
+        raise BuildError(f"--quant fp8 needs an sm_89 or newer target (FP8 GEMMs); {t.name} has none")
+    check_tensorrt_target(t)
+
+
+def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: BuildConfig, inputs) -> Target:
     if target.device == "cpu":
-        return compile_cpu(model, target, writer, cfg.opset)
+        config = graphs.quant.report.session_config if graphs.quant else {}
+        return compile_cpu(graphs.plan_model, target, writer, cfg.opset, config)
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:  # TensorRT's parser reads from a file
         path = Path(tmp) / "model.onnx"
-        onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+        onnx.save_model(graphs.plan_model, path, save_as_external_data=True, location="model.onnx.data")
         return compile_tensorrt(path, target, inputs, writer)
 
 
-def _verify(target: Target, writer: BundleWriter, loaded: LoadedModel, cfg: BuildConfig, ran_on: str) -> Target:
-    run = ort_runner(str(writer.path(target.entrypoint)), target.session_config)
-    verification = verify_outputs(run, loaded, cfg.atol, cfg.rtol, ran_on)
+def _verify(
+    target: Target, writer: BundleWriter, loaded: LoadedModel, graphs: _Graphs, cfg: BuildConfig, ran_on: str
+) -> Target:
+    plan = ort_runner(str(writer.path(target.entrypoint)), target.session_config)
+    if graphs.quant is None:
+        if loaded.module is None:
+            return target  # an .onnx source: no torch model to compare with
+        return target.model_copy(update={"verification": verify_outputs(plan, loaded, cfg.atol, cfg.rtol, ran_on)})
+    reference = ort_runner(graphs.float_model.SerializeToString(), {})
+    if loaded.module is not None:  # the float export must match torch before it is a reference
+        verify_outputs(reference, loaded, cfg.atol, cfg.rtol, ran_on)
+    verification = graphs.quant.gate(reference, plan, loaded, cfg, ran_on)
     return target.model_copy(update={"verification": verification})
 
 

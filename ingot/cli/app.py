@@ -6,6 +6,7 @@ Commands translate and delegate; errors become exit codes in cli/errors.py.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+class Quant(str, Enum):
+    none = "none"
+    fp8 = "fp8"
+    int4 = "int4"
+    int4_awq = "int4-awq"
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
@@ -39,16 +47,30 @@ def build(
     opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 21,
     dim: Annotated[list[str], typer.Option("--dim", help="Range of a dynamic dim: NAME=MIN:MAX (repeatable).")] = [],  # noqa: B006
     overwrite: Annotated[bool, typer.Option(help="Replace a bundle of a different model at --output.")] = False,
+    quant: Annotated[Quant, typer.Option(help="Quantize weights (and FP8 activations) as ONNX Q/DQ.")] = Quant.none,
+    block_size: Annotated[int, typer.Option(help="INT4: weights per scale along the input dim (power of 2 >= 16).")] = 128,
+    calib: Annotated[Path | None, typer.Option(help="Calibration data: .txt/.jsonl texts, or .npz of named inputs.")] = None,
+    calib_samples: Annotated[int, typer.Option(help="Calibration samples (windows or rows).")] = 32,
+    calib_seq_len: Annotated[int, typer.Option(help="Tokens per calibration window (text).")] = 256,
+    calib_method: Annotated[str, typer.Option(help="FP8 activation range: max or percentile.")] = "max",
+    exclude: Annotated[list[str], typer.Option("--exclude", help="Keep layers matching this pattern in float (repeatable).")] = [],  # noqa: B006
+    accuracy_level: Annotated[int, typer.Option(help="INT4 on CPU: MatMulNBits activation accuracy (4 = int8, 0 = fp32).")] = 4,
+    max_ppl_increase: Annotated[float | None, typer.Option(help="Gate: fail above this perplexity increase (%).")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Gate: fail below this cosine similarity.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Gate: fail below this top-1 agreement.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build SOURCE into a plan bundle (atomically; a failed build leaves --output as it was)."""
-    from ingot.builder.config import BuildConfig
+    from ingot.builder.config import build_config
     from ingot.builder.pipeline import build as run_build
     from ingot.cli.progress import stage
 
-    cfg = BuildConfig(
+    cfg = build_config(
         source=source, output=output, targets=target or ["cpu"], name=name, verify=verify,
         atol=atol, rtol=rtol, opset=opset, dims=_parse_dims(dim), overwrite=overwrite,
+        quant=quant.value, block_size=block_size, calib=calib, calib_samples=calib_samples,
+        calib_seq_len=calib_seq_len, calib_method=calib_method, exclude=exclude, accuracy_level=accuracy_level,
+        max_ppl_increase=max_ppl_increase, min_cosine=min_cosine, min_top1=min_top1,
     )
     manifest = run_build(cfg, stage)
     if json_out:
@@ -117,6 +139,26 @@ def merge(
         render.print_json({"bundle": str(output), "targets": sorted(manifest.targets)})
     else:
         render.out.print(f"bundle {output}: targets {', '.join(sorted(manifest.targets))}")
+
+
+@app.command(name="eval")
+def eval_(
+    bundle: Annotated[Path, typer.Argument(help="Causal-LM bundle folder.")],
+    text: Annotated[Path, typer.Option("--text", help="Text file to measure perplexity on.")],
+    window: Annotated[int, typer.Option(help="Tokens per window (non-overlapping).")] = 512,
+    target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Perplexity of a causal-LM bundle on your own text (any precision, any target this machine runs)."""
+    from ingot.runtime import InputError, load
+
+    if not text.is_file():
+        raise InputError(f"--text: file not found: {text}")
+    result = load(bundle, target).perplexity(text.read_text(encoding="utf-8", errors="replace"), window)
+    if json_out:
+        render.print_json(result.model_dump())
+    else:
+        render.out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens ({result.windows} windows of {window})")
 
 
 @app.command()

@@ -25,6 +25,8 @@ def manifest_table(manifest: Manifest, root: Path) -> None:
     out.print(f"[bold]{m.id}[/bold]  {m.kind}  {m.architecture or ''}  precision {manifest.precision}")
     out.print(f"source: {m.source.type} {m.source.name} (sha256 {m.source.sha256[:12]}…)")
     out.print(f"bundle: {root}  schema v{manifest.schema_version}, ingot {manifest.ingot_version}")
+    if manifest.quantization:
+        quantization(manifest.quantization)
     io = Table("", "name", "dtype", "shape", title="inputs / outputs", title_justify="left")
     for kind, specs in (("in", manifest.inputs), ("out", manifest.outputs)):
         for s in specs:
@@ -39,6 +41,18 @@ def manifest_table(manifest: Manifest, root: Path) -> None:
     out.print(targets)
 
 
+def quantization(q) -> None:
+    block = f", block {q.block_size}" if q.block_size else ""
+    out.print(f"quantization: {q.scheme}{block}, {q.layers_quantized} layers quantized, excluded {', '.join(q.exclude) or 'none'}")
+    if q.calibration:
+        c = q.calibration
+        out.print(f"  calibration: {c.source} ({c.format}, {c.samples} samples, seq {c.seq_len}, {c.method})")
+    for name, reason in q.layers_skipped.items():
+        out.print(f"  skipped {name}: {reason}")
+    for line in [*q.warnings, *q.notes]:
+        out.print(f"  note: {line}")
+
+
 def _size(t: Target) -> str:
     n = sum(f.size for f in t.files)
     return f"{len(t.files)} file(s), {n / 2**20:.1f} MiB"
@@ -48,9 +62,8 @@ def _verified(t: Target) -> str:
     v = t.verification
     if v is None:
         return "no"
-    worst = max(v.outputs, key=lambda c: c.max_abs_err, default=None)
     where = f" on {v.ran_on}" if v.ran_on != t.name else ""
-    return f"vs {v.reference}{where}: max abs err {worst.max_abs_err:.2g}" if worst else f"vs {v.reference}{where}"
+    return f"vs {v.reference}{where}: {v.summary()}"
 
 
 def outputs_text(outputs: dict[str, np.ndarray], kind: str) -> None:

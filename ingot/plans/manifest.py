@@ -99,15 +99,62 @@ class OutputCheck(_Frozen):
 
 
 class Verification(_Frozen):
-    """How a target's outputs compared with the source model on example inputs."""
+    """How a target compared with its reference: the torch model (fp32 plans), or the
+    unquantized plan on held-out data (quantized plans: `metrics` and the `gates` applied)."""
 
     reference: str
     ran_on: str  # the target of the machine that ran the plan (a cross-built target is checked there)
-    atol: float
-    rtol: float
     passed: bool
     samples: int
-    outputs: list[OutputCheck]
+    atol: float | None = None
+    rtol: float | None = None
+    outputs: list[OutputCheck] = []
+    metrics: dict[str, float] = {}  # perplexity, perplexity_ref, ppl_increase_pct, top1_agreement, cosine_min
+    gates: dict[str, float] = {}  # max_ppl_increase_pct, min_cosine, min_top1
+    data: str | None = None  # what the figures were measured on
+
+    def summary(self) -> str:
+        """`max abs err 2.7e-05` or `perplexity 42.58 -> 44.10 (+3.57%), top-1 0.9012, cosine 0.9981`."""
+        return summarize(self.metrics) if self.metrics else (
+            f"max abs err {max(c.max_abs_err for c in self.outputs):.2g}" if self.outputs else "passed"
+        )
+
+
+def summarize(metrics: dict[str, float]) -> str:
+    parts = []
+    if "perplexity" in metrics:
+        parts.append(
+            f"perplexity {metrics['perplexity_ref']:.3f} -> {metrics['perplexity']:.3f} "
+            f"({metrics['ppl_increase_pct']:+.2f}%)"
+        )
+    if "top1_agreement" in metrics:
+        parts.append(f"top-1 agreement {metrics['top1_agreement']:.4f}")
+    if "cosine_min" in metrics:
+        parts.append(f"cosine {metrics['cosine_min']:.4f}")
+    return ", ".join(parts)
+
+
+class CalibrationInfo(_Frozen):
+    source: str  # file name
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: Literal["text", "jsonl", "npz"]
+    samples: int
+    seq_len: int | None = None
+    method: str  # activation range: max | percentile(99.99)
+
+
+class Quantization(_Frozen):
+    """The quantization spec a bundle was built with, and what it did."""
+
+    scheme: Literal["fp8", "int4", "int4-awq"]
+    block_size: int | None = None  # INT4 blocks along the input dim
+    exclude: list[str] = []
+    calibration: CalibrationInfo | None = None
+    cpu_accuracy_level: int | None = None  # ONNX Runtime MatMulNBits activation accuracy (INT4 on CPU)
+    layers_quantized: int
+    layers_skipped: dict[str, str] = {}  # node name -> reason
+    warnings: list[str] = []
+    notes: list[str] = []
 
 
 class Target(_Frozen):
@@ -137,6 +184,7 @@ class Manifest(_Frozen):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     precision: str = "fp32"
+    quantization: Quantization | None = None
     tokenizer: TokenizerInfo | None = None
     targets: dict[str, Target]
 
@@ -154,7 +202,7 @@ class Manifest(_Frozen):
 
     def signature(self) -> dict:
         """What must be equal for two builds to be targets of one bundle."""
-        return self.model_dump(include={"model", "inputs", "outputs", "precision", "tokenizer"})
+        return self.model_dump(include={"model", "inputs", "outputs", "precision", "quantization", "tokenizer"})
 
     def with_target(self, target: Target) -> Manifest:
         """A copy with `target` added (or replacing the one of the same name)."""

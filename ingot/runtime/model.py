@@ -40,6 +40,23 @@ class Model:
     def run_text(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.run(self.encode(texts))
 
+    def perplexity(self, text: str, window: int = 512, batch: int = 4):
+        """Perplexity of a causal-LM bundle on `text`, in non-overlapping windows of `window` tokens."""
+        from ingot.runtime.evaluate import perplexity
+
+        if self.manifest.model.kind != "causal-lm":
+            raise RunError(f"perplexity needs a causal-LM bundle; {self.manifest.model.id} is {self.manifest.model.kind}")
+        if self.tokenizer is None:
+            raise RunError(f"{self.manifest.model.id} has no tokenizer")
+        limit = max(d.max for d in self.manifest.inputs[0].shape if not isinstance(d, int))
+        if not 2 <= window <= limit:
+            raise InputError(f"--window {window}: must be within 2..{limit} (the bundle's sequence range)")
+        ids = self.tokenizer.ids(text)
+        if len(ids) < 2:
+            raise InputError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
+        names = [i.name for i in self.manifest.inputs]
+        return perplexity(self.backend.run, names, ids, window, batch)
+
 
 def load(root: Path, target: str | None = None, host: Host | None = None, threads: int | None = None) -> Model:
     """Open the bundle at `root` for this machine; checks the sha256 of every file it uses."""

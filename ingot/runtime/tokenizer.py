@@ -24,6 +24,10 @@ class TextTokenizer:
         if info.pad_token_id is not None:
             self.tok.enable_padding(pad_id=info.pad_token_id, pad_token=self.tok.id_to_token(info.pad_token_id) or "")
 
+    def ids(self, text: str) -> np.ndarray:
+        """Token ids of one long text, without special tokens (for perplexity and calibration)."""
+        return np.array(self.tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         """{input name: int64 (batch, sequence)}, padded on the right."""
         encodings = self.tok.encode_batch(texts)

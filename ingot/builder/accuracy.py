@@ -1,0 +1,80 @@
+"""The accuracy gate: a quantized plan against the unquantized plan, on held-out data.
+
+Causal LMs: perplexity (and its increase) and top-1 token agreement over full windows.
+Encoders: cosine similarity of every float output. Classifiers: top-1 agreement (and cosine).
+A gate that fails stops the build (nothing is written) with the figures in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ingot.builder.errors import VerificationError
+from ingot.plans import Verification
+from ingot.plans.manifest import summarize
+from ingot.runtime.evaluate import Run, mean_cosine, token_nll, top1_agreement
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_ppl_increase: float | None = None  # percent
+    min_cosine: float | None = None
+    min_top1: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        named = {"max_ppl_increase_pct": self.max_ppl_increase, "min_cosine": self.min_cosine, "min_top1": self.min_top1}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def measure(kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool) -> dict[str, float]:
+    """Figures for `quant` against `ref`; perplexity only over full (unpadded) causal-LM windows."""
+    nll_ref, nll_q, agree, cos = [], [], [], {}
+    for feeds in held_out:
+        a, b = ref(feeds), quant(feeds)
+        for name, x in a.items():
+            if np.issubdtype(x.dtype, np.floating):
+                cos.setdefault(name, []).append(mean_cosine(b[name], x))
+        if kind in ("causal-lm", "classifier"):
+            logits = "logits" if "logits" in a else next(iter(a))
+            agree.append(top1_agreement(b[logits], a[logits]))
+        if perplexity:
+            nll_ref.append(token_nll(a["logits"], feeds["input_ids"]))
+            nll_q.append(token_nll(b["logits"], feeds["input_ids"]))
+    metrics = {"cosine_min": min(float(np.mean(v)) for v in cos.values())}
+    if agree:
+        metrics["top1_agreement"] = float(np.mean(agree))
+    if perplexity:
+        p_ref = float(np.exp(np.concatenate([n.ravel() for n in nll_ref]).mean()))
+        p_q = float(np.exp(np.concatenate([n.ravel() for n in nll_q]).mean()))
+        metrics |= {"perplexity_ref": p_ref, "perplexity": p_q, "ppl_increase_pct": 100.0 * (p_q / p_ref - 1.0)}
+    return metrics
+
+
+def failures(metrics: dict[str, float], gates: Gates) -> list[str]:
+    out = []
+    if gates.max_ppl_increase is not None and "ppl_increase_pct" in metrics:
+        if metrics["ppl_increase_pct"] > gates.max_ppl_increase:
+            out.append(
+                f"perplexity +{metrics['ppl_increase_pct']:.2f}% > --max-ppl-increase {gates.max_ppl_increase:g}"
+            )
+    if gates.min_cosine is not None and metrics["cosine_min"] < gates.min_cosine:
+        out.append(f"cosine {metrics['cosine_min']:.4f} < --min-cosine {gates.min_cosine:g}")
+    if gates.min_top1 is not None and "top1_agreement" in metrics and metrics["top1_agreement"] < gates.min_top1:
+        out.append(f"top-1 agreement {metrics['top1_agreement']:.4f} < --min-top1 {gates.min_top1:g}")
+    return out
+
+
+def gate(
+    kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool,
+    gates: Gates, ran_on: str, data: str,
+) -> Verification:
+    metrics = measure(kind, ref, quant, held_out, perplexity)
+    failed = failures(metrics, gates)
+    if failed:
+        raise VerificationError(f"accuracy gate failed: {'; '.join(failed)} ({summarize(metrics)} on {data})")
+    return Verification(
+        reference="unquantized plan", ran_on=ran_on, passed=True, samples=sum(len(next(iter(f.values()))) for f in held_out),
+        metrics=metrics, gates=gates.as_dict(), data=data,
+    )

@@ -1,0 +1,155 @@
+"""Calibration and held-out data for quantization, from `--calib FILE`.
+
+- `.txt` / `.jsonl` (text models): tokenized with the model's own tokenizer. Causal LMs get
+  windows of `seq_len` tokens; other text models get one row per line/record. The file is
+  split: calibration samples come from the front, held-out samples (for the accuracy gate)
+  from the last fifth, so the gate never scores data the scales were fitted on.
+- `.npz` (any model): named input arrays with the batch on axis 0, split the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ingot.builder.errors import BuildError
+from ingot.builder.sources import LoadedModel
+from ingot.plans.files import sha256_file
+
+HELD_OUT_FRACTION = 0.2
+MAX_HELD_OUT = 8
+_ROWS_PER_FEED = 8
+
+
+class CalibrationError(BuildError):
+    """The calibration file is missing, empty or of the wrong format."""
+
+
+@dataclass
+class CalibData:
+    calib: list[dict[str, np.ndarray]]  # feeds the quantizer fits scales on
+    held_out: list[dict[str, np.ndarray]]  # feeds the accuracy gate scores
+    name: str
+    sha256: str
+    format: str  # "text" | "jsonl" | "npz"
+    samples: int  # calibration rows
+    seq_len: int | None
+
+
+def load_calibration(path: Path, loaded: LoadedModel, samples: int, seq_len: int) -> CalibData:
+    if not path.is_file():
+        raise CalibrationError(f"calibration file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CalibrationError(f"calibration file {path} is empty")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        calib, held = _npz(path, loaded, samples)
+        fmt, length = "npz", None
+    elif suffix in (".txt", ".text", ".jsonl"):
+        fmt = "jsonl" if suffix == ".jsonl" else "text"
+        texts = _jsonl(path) if fmt == "jsonl" else [_read_text(path)]
+        calib, held = _text(texts, loaded, samples, seq_len, path)
+        length = seq_len
+    else:
+        raise CalibrationError(f"unsupported calibration file type {suffix or '(none)'!r}: {path} (expected .txt, .jsonl or .npz)")
+    rows = sum(next(iter(f.values())).shape[0] for f in calib)
+    return CalibData(calib, held, path.name, sha256_file(path), fmt, rows, length)
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    if b"\x00" in raw[:4096]:
+        raise CalibrationError(f"calibration file {path} is not text (binary data); use .txt, .jsonl or .npz")
+    text = raw.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise CalibrationError(f"calibration file {path} is empty")
+    return text
+
+
+def _jsonl(path: Path) -> list[str]:
+    texts = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise CalibrationError(f"{path} line {n}: not JSON (expected a JSON string or an object with a \"text\" field)") from None
+        text = record if isinstance(record, str) else record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise CalibrationError(f"{path} line {n}: expected a JSON string or an object with a \"text\" field")
+        texts.append(text)
+    if not texts:
+        raise CalibrationError(f"calibration file {path} has no records")
+    return texts
+
+
+def _text(texts: list[str], loaded: LoadedModel, samples: int, seq_len: int, path: Path):
+    tok = loaded.tokenizer
+    if tok is None or not loaded.text_inputs:
+        raise CalibrationError(f"--calib {path.name} is text, but the model has no tokenizer: pass an .npz of named inputs")
+    if loaded.kind == "causal-lm":
+        ids = np.array(tok("\n\n".join(texts), add_special_tokens=False)["input_ids"], dtype=np.int64)
+        rows = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+        if len(rows) < 2:
+            raise CalibrationError(
+                f"calibration file {path} has {len(ids)} tokens: need at least 2 windows of {seq_len} (--calib-seq-len)"
+            )
+        calib_rows, held_rows = _split(rows, samples)
+        return _feeds(np.stack(calib_rows), loaded), _feeds(np.stack(held_rows), loaded)
+    lines = [line for t in texts for line in t.splitlines() if line.strip()]
+    if len(lines) < 2:
+        raise CalibrationError(f"calibration file {path} needs at least 2 non-empty lines")
+    calib_lines, held_lines = _split(lines, samples)
+    return _encode_lines(calib_lines, loaded, seq_len), _encode_lines(held_lines, loaded, seq_len)
+
+
+def _split(rows: list, samples: int) -> tuple[list, list]:
+    """Calibration rows evenly spread over the front; held-out rows from the tail."""
+    n_held = min(MAX_HELD_OUT, max(1, int(len(rows) * HELD_OUT_FRACTION)))
+    front, tail = rows[: len(rows) - n_held], rows[len(rows) - n_held :]
+    pick = np.linspace(0, len(front) - 1, num=min(samples, len(front))).round().astype(int)
+    return [front[i] for i in dict.fromkeys(pick)], tail
+
+
+def _feeds(ids: np.ndarray, loaded: LoadedModel) -> list[dict[str, np.ndarray]]:
+    out = []
+    for i in range(0, len(ids), _ROWS_PER_FEED):
+        chunk = ids[i : i + _ROWS_PER_FEED]
+        fields = {"ids": chunk, "attention_mask": np.ones_like(chunk), "type_ids": np.zeros_like(chunk)}
+        out.append({name: fields[f] for name, f in loaded.text_inputs.items()})
+    return out
+
+
+def _encode_lines(lines: list[str], loaded: LoadedModel, seq_len: int) -> list[dict[str, np.ndarray]]:
+    out = []
+    for i in range(0, len(lines), _ROWS_PER_FEED):
+        enc = loaded.tokenizer(lines[i : i + _ROWS_PER_FEED], padding=True, truncation=True, max_length=seq_len,
+                               return_tensors="np")
+        out.append({name: enc[name].astype(np.int64) for name in loaded.text_inputs})
+    return out
+
+
+def _npz(path: Path, loaded: LoadedModel, samples: int):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError) as e:
+        raise CalibrationError(f"cannot read calibration file {path} as .npz: {str(e).splitlines()[0]}") from e
+    expected = list(loaded.example) or list(arrays)
+    if sorted(arrays) != sorted(expected):
+        raise CalibrationError(f"calibration file {path} has arrays {sorted(arrays)}; the model's inputs are {sorted(expected)}")
+    n = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+    if len(n) != 1 or n == {0}:
+        raise CalibrationError(f"calibration file {path}: arrays need the same number of rows (axis 0), at least 1")
+    rows = list(range(n.pop()))
+    if len(rows) == 1:
+        calib_idx, held_idx = rows, rows
+    else:
+        calib_idx, held_idx = _split(rows, samples)
+    def take(idx):
+        return [{k: a[idx[i : i + _ROWS_PER_FEED]] for k, a in arrays.items()} for i in range(0, len(idx), _ROWS_PER_FEED)]
+    return take(np.array(calib_idx)), take(np.array(held_idx))

@@ -1,0 +1,112 @@
+"""The build's quantization stage: spec from options, calibration data, ingot.quant, and the
+manifest record of what was done. ingot/quant knows nothing of bundles; this adapter does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from ingot.builder.accuracy import Gates, gate
+from ingot.builder.calib import CalibData, load_calibration
+from ingot.builder.config import BuildConfig
+from ingot.builder.errors import BuildError
+from ingot.builder.quiet import quiet
+from ingot.builder.sources import LoadedModel
+from ingot.builder.verify import _variant
+from ingot.plans import Verification
+from ingot.plans.manifest import CalibrationInfo, Quantization
+
+# Without explicit thresholds the gate still refuses a plan that is plainly broken.
+DEFAULT_GATES = Gates(max_ppl_increase=50.0, min_cosine=0.90)
+_NOTES = {
+    "fp8": "cpu targets: ONNX Runtime dequantizes the FP8 weights at load and runs at fp32 speed; "
+           "FP8 speed needs a GPU target (sm_89 or newer)",
+    "int4": "cpu targets: ONNX Runtime fuses DequantizeLinear(INT4) + MatMul into MatMulNBits",
+}
+
+
+def quant_spec(cfg: BuildConfig):
+    """The validated QuantSpec, or None for --quant none."""
+    if cfg.quant == "none":
+        return None
+    from ingot.quant import QuantSpec
+
+    try:
+        return QuantSpec(
+            scheme=cfg.quant, block_size=cfg.block_size, exclude=cfg.exclude, calib_method=cfg.calib_method,
+            accuracy_level=cfg.accuracy_level,
+        )
+    except ValidationError as e:
+        raise BuildError(f"--quant {cfg.quant}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+@dataclass
+class QuantResult:
+    model: object  # the quantized onnx.ModelProto
+    report: object  # ingot.quant.QuantReport
+    spec: object  # ingot.quant.QuantSpec
+    calib: CalibData | None
+
+    @property
+    def precision(self) -> str:
+        return "fp8" if self.spec.scheme == "fp8" else "int4"
+
+    @property
+    def info(self) -> Quantization:
+        r, s, c = self.report, self.spec, self.calib
+        method = "max" if s.calib_method == "max" else f"percentile({s.percentile:g})"
+        calibration = None
+        if c is not None and s.needs_calibration:
+            calibration = CalibrationInfo(
+                source=c.name, sha256=c.sha256, format=c.format, samples=c.samples, seq_len=c.seq_len, method=method
+            )
+        notes = [_NOTES["fp8" if s.scheme == "fp8" else "int4"]]
+        if s.scheme != "fp8":
+            notes[0] += f", accuracy level {s.accuracy_level} ({'int8' if s.accuracy_level == 4 else 'float'} activations)"
+        return Quantization(
+            scheme=s.scheme,
+            block_size=s.block_size if s.scheme != "fp8" else None,
+            exclude=s.effective_exclude,
+            calibration=calibration,
+            cpu_accuracy_level=s.accuracy_level if s.scheme != "fp8" else None,
+            layers_quantized=r.layers_quantized,
+            layers_skipped={k.name: k.reason for k in r.skipped},
+            warnings=r.warnings,
+            notes=notes,
+        )
+
+    def gate(self, reference, plan, loaded: LoadedModel, cfg: BuildConfig, ran_on: str) -> Verification | None:
+        """Score the quantized plan against the float plan on held-out data (or the examples)."""
+        given = Gates(cfg.max_ppl_increase, cfg.min_cosine, cfg.min_top1)
+        gates = given if given.as_dict() else DEFAULT_GATES
+        if self.calib is not None:
+            held, data = self.calib.held_out, f"{sum(len(next(iter(f.values()))) for f in self.calib.held_out)} held-out rows of {self.calib.name}"
+            ppl = loaded.kind == "causal-lm" and self.calib.format != "npz"
+        elif loaded.example:
+            held = [{k: v.numpy() for k, v in s.items()} for s in (loaded.example, _variant(loaded))]
+            data, ppl = "the example inputs (pass --calib for held-out data)", False
+        else:
+            return None
+        return gate(loaded.kind, reference, plan, held, ppl, gates, ran_on, data)
+
+
+def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage) -> QuantResult:
+    from ingot.quant import QuantError, quantize
+
+    calib = None
+    if cfg.calib is not None:
+        with stage("load calibration data"), quiet():
+            calib = load_calibration(cfg.calib, loaded, cfg.calib_samples, cfg.calib_seq_len)
+    elif spec.needs_calibration:
+        raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
+    with stage(f"quantize {spec.scheme}"):
+        try:
+            qmodel, report = quantize(model, spec, calib.calib if calib else None)
+        except QuantError as e:
+            raise BuildError(str(e)) from None
+    return QuantResult(qmodel, report, spec, calib)
+
+
+__all__ = ["DEFAULT_GATES", "QuantResult", "quant_spec", "quantize_model"]

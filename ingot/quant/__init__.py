@@ -1,0 +1,55 @@
+"""Quantize an ONNX model offline: FP8 Q/DQ or INT4 blockwise weights (RTN or AWQ).
+
+    from ingot.quant import QuantSpec, quantize
+    qmodel, report = quantize(model, QuantSpec(scheme="int4-awq"), calib_feeds)
+
+The result is a plain ONNX model with standard QuantizeLinear/DequantizeLinear nodes that
+ONNX Runtime runs on CPU and TensorRT builds from; `report.session_config` holds the ORT
+session entries recommended for the CPU target. This package imports nothing else from
+ingot; importing it loads pydantic only (onnx and onnxruntime load on first use).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ingot.quant.errors import QuantError
+from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer
+from ingot.quant.spec import QuantSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+__all__ = ["AwqChoice", "QuantError", "QuantReport", "QuantSpec", "SkippedLayer", "quantize"]
+
+
+def quantize(
+    model: onnx.ModelProto, spec: QuantSpec, calib_feeds: list[dict[str, np.ndarray]] | None = None
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """Quantize `model` as `spec` says; `model` itself is not modified.
+
+    `calib_feeds` are input dicts for the float model (fp8 and int4-awq need them; int4
+    ignores them). Raises QuantError, with a one-line message, when it cannot.
+    """
+    if spec.scheme == "none":
+        return model, QuantReport(scheme="none")
+    if spec.needs_calibration and not calib_feeds:
+        raise QuantError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE")
+    if spec.scheme == "int4":
+        from ingot.quant.int4 import quantize_int4
+
+        return quantize_int4(model, spec)
+    from ingot.quant.calibrate import calibrate
+
+    if spec.scheme == "int4-awq":
+        from ingot.quant.int4 import awq_activations, quantize_int4
+
+        stats = calibrate(model, calib_feeds, awq_activations(model, spec))
+        qmodel, report = quantize_int4(model, spec, stats)
+    else:
+        from ingot.quant.fp8 import fp8_activations, quantize_fp8
+
+        stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=0)
+        qmodel, report = quantize_fp8(model, spec, stats)
+    return qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)})

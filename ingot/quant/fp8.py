@@ -1,0 +1,118 @@
+"""FP8 (E4M3) quantization of weights and activations, in TensorRT's explicit Q/DQ form.
+
+    X ─ QuantizeLinear(s_x, fp8 0) ─ DequantizeLinear(s_x) ─┐
+    W fp8 ─ DequantizeLinear(scale[C], axis=out channel) ───┴─ MatMul | Gemm | Conv
+
+Activations get one per-tensor scale from calibration (TensorRT takes no per-channel
+activation scales); weights a per-output-channel scale. Q/DQ go only on the inputs of
+layers with a constant weight: never on attention-score MatMuls, masks, gathers, norms or
+softmax. One Q/DQ pair per activation tensor, shared by the layers that read it.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+
+from ingot.quant.calibrate import TensorStats
+from ingot.quant.errors import QuantError
+from ingot.quant.graph import GraphEditor, prepared_copy, scope
+from ingot.quant.layers import Layer, by_activation, find_layers
+from ingot.quant.primitives import fp8_activation_scale, fp8_quantize_channels
+from ingot.quant.report import QuantReport, SkippedLayer, skip_warnings
+from ingot.quant.spec import QuantSpec
+
+MIN_OPSET = 19  # FLOAT8 QuantizeLinear/DequantizeLinear
+OPS = ("MatMul", "Gemm", "Conv")
+CPU_SESSION_CONFIG = {
+    # ORT CPU has no FP8 kernels: fold each weight DQ into a float initializer at load
+    # (fp32 speed and memory) instead of dequantizing on every call (3-15x slower).
+    "session.disable_quant_qdq": "1",
+    # ORT 1.32's ReluQuantRewrite (ENABLE_EXTENDED and up) deletes a Relu that feeds an FP8
+    # QuantizeLinear as if zero point 0 were the bottom of the range, as it is for uint8;
+    # FP8 is signed, so negative values then pass through (measured: wrong outputs).
+    "optimization.disable_specified_optimizers": "ReluQuantRewrite",
+}
+
+
+def fp8_layers(model: onnx.ModelProto, spec: QuantSpec) -> tuple[list[Layer], list[SkippedLayer]]:
+    """MatMul/Gemm/Conv nodes with a constant weight. Raises QuantError if there is none."""
+    layers, skipped = find_layers(model, OPS, spec.effective_exclude)
+    if not layers:
+        raise QuantError(
+            f"--quant {spec.scheme}: the model has no MatMul, Gemm or Conv with a constant weight to quantize"
+        )
+    return layers, skipped
+
+
+def fp8_activations(model: onnx.ModelProto, spec: QuantSpec) -> list[str]:
+    """The tensors FP8 needs calibrated ranges for."""
+    return list(by_activation(fp8_layers(model, spec)[0]))
+
+
+def quantize_fp8(
+    model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats]
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """FP8 Q/DQ around every eligible layer; `stats` from `calibrate` on `fp8_activations`."""
+    assert spec.scheme == "fp8", spec.scheme
+    model = prepared_copy(model, MIN_OPSET)
+    layers, skipped = fp8_layers(model, spec)
+    edit = GraphEditor(model)
+    amax: dict[str, float] = {}
+    quantized: list[Layer] = []
+    for x, group in by_activation(layers).items():
+        a = stats[x].absmax if spec.calib_method == "max" else stats[x].percentile(spec.percentile)
+        if not np.isfinite(a):
+            reason = f"activation {x} has no finite range"
+            skipped += [SkippedLayer(name=layer.name, reason=reason, warn=True) for layer in group]
+            continue
+        amax[x] = a
+        _quantize_activation(edit, x, group, fp8_activation_scale(a))
+        quantized += group
+    if not quantized:
+        raise QuantError(f"--quant fp8: no layer could be quantized ({skipped[0].reason})")
+    before, after = _quantize_weights(edit, quantized)
+    done = set(quantized)
+    edit.finish()
+    report = QuantReport(
+        scheme="fp8", exclude=spec.effective_exclude, quantized=[layer.name for layer in layers if layer in done],
+        skipped=skipped, warnings=skip_warnings(skipped), activation_amax=amax,
+        session_config=dict(CPU_SESSION_CONFIG), weight_bytes_before=before, weight_bytes_after=after,
+    )
+    return model, report
+
+
+def _quantize_activation(edit: GraphEditor, x: str, group: list[Layer], scale: float) -> None:
+    """X → Q → DQ, feeding the layers of `group` (other readers of X keep the float X)."""
+    dtype = edit.dtype(group[0].weight)  # the layer's float type: X's too
+    s = edit.add_initializer(f"{x}_scale", np.array(scale, dtype=dtype))
+    zero = edit.add_initializer(f"{x}_zero_point", np.array(0, dtype=ml_dtypes.float8_e4m3fn))
+    where, name = group[0].index, scope(group[0].name)
+    q = edit.insert(where, "QuantizeLinear", [x, s, zero], f"{x}_fp8", f"{name}/input_QuantizeLinear")
+    dq = edit.insert(where, "DequantizeLinear", [q, s, zero], f"{x}_dq", f"{name}/input_DequantizeLinear")
+    for layer in group:
+        edit.set_input(layer.index, 0, dq)
+
+
+def _quantize_weights(edit: GraphEditor, layers: list[Layer]) -> tuple[int, int]:
+    """Each (weight, channel axis) once: fp8 initializer → DequantizeLinear(axis). Returns bytes
+    (float before, fp8 + scales after)."""
+    users: dict[tuple[str, int], list[Layer]] = {}
+    for layer in sorted(layers, key=lambda layer: layer.index):  # the first reader comes first
+        users.setdefault((layer.weight, layer.out_axis), []).append(layer)
+    before = after = 0
+    for (weight, axis), group in users.items():
+        w = edit.array(weight)
+        q, scale = fp8_quantize_channels(w, axis)
+        dq = edit.insert(
+            group[0].index, "DequantizeLinear",
+            [edit.add_initializer(f"{weight}_fp8", q), edit.add_initializer(f"{weight}_scale", scale)],
+            f"{weight}_dq", f"{scope(group[0].name)}/weight_DequantizeLinear", axis=axis,
+        )
+        for layer in group:
+            edit.set_input(layer.index, 1, dq)
+        edit.retire(weight)
+        before += w.nbytes
+        after += q.nbytes + scale.nbytes
+    return before, after

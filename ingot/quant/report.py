@@ -1,0 +1,56 @@
+"""What a quantization pass did, for the manifest and for the user (pydantic)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SkippedLayer(_Frozen):
+    name: str  # node name
+    reason: str  # e.g. "excluded by 'lm_head*'", "K=96 is not a multiple of block size 64"
+    warn: bool = False  # skipped although the user asked for it (not excluded by a pattern)
+
+
+class AwqChoice(_Frozen):
+    """The scale AWQ picked for the layers that share one activation input."""
+
+    activation: str  # the shared input tensor X
+    layers: list[str]  # node names, e.g. the q/k/v projections
+    alpha: float  # s = mean|X|^alpha per input channel; 0 = plain RTN
+    scaling: Literal["folded", "explicit", "none"]  # 1/s folded into X's producer, a new Mul, or alpha 0
+    error_rtn: float  # sum over layers of ||X W - X Q(W)||^2 on the calibration rows
+    error_awq: float  # the same with the chosen scale; <= error_rtn
+
+
+class QuantReport(_Frozen):
+    scheme: str
+    block_size: int | None = None  # INT4 only
+    exclude: list[str] = []  # the patterns that were applied
+    quantized: list[str] = []  # node names
+    skipped: list[SkippedLayer] = []
+    warnings: list[str] = []
+    awq: list[AwqChoice] = []
+    activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor
+    calib_samples: int = 0  # feed dicts used for calibration
+    # ONNX Runtime session config entries recommended for the CPU target.
+    session_config: dict[str, str] = {}
+    weight_bytes_before: int = 0  # the replaced float weights
+    weight_bytes_after: int = 0  # their quantized data plus scales
+
+    @property
+    def layers_quantized(self) -> int:
+        return len(self.quantized)
+
+    @property
+    def layers_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def skip_warnings(skipped: list[SkippedLayer]) -> list[str]:
+    return [f"{s.name} stays in float: {s.reason}" for s in skipped if s.warn]

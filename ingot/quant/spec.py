@@ -1,0 +1,63 @@
+"""What to quantize and how: validated once, at the edge (pydantic, frozen).
+
+Cheap to import (pydantic only), so the CLI can build a spec before any ONNX is loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Scheme = Literal["none", "fp8", "int4", "int4-awq"]
+# The LM head is the most quantization-sensitive layer (its error lands directly on the
+# logits) and a small share of the weights; keep it in float unless asked otherwise.
+LM_HEAD = "lm_head*"
+
+
+class QuantSpec(BaseModel):
+    """A quantization request.
+
+    `exclude` holds fnmatch patterns on ONNX node names, which the exporter sets to module
+    paths: `model.layers.0.mlp.down_proj/MatMul`, `lm_head/MatMul`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Scheme
+    block_size: int = 128  # INT4: weights per scale, along the input dim K
+    exclude: list[str] = []
+    calib_method: Literal["max", "percentile"] = "max"  # FP8 activation amax
+    percentile: float = Field(99.99, gt=0.0, le=100.0)
+    # ONNX Runtime's MatMulNBits activation precision on CPU (0 = fp32, 4 = int8). Default 4:
+    # it is ORT's own default and the fast path (feasibility §2a, 4096x4096: 0.15x fp32 time
+    # at M=1 against 0.65x with level 0), and its extra error (~0.5% of the output's max at
+    # K=4096) is well below INT4 weight rounding's. Use 0 when accuracy matters more.
+    accuracy_level: int = Field(4, ge=0, le=4)
+    awq_alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"block size must be a power of two >= 16, got {value}")
+        return value
+
+    @field_validator("awq_alphas")
+    @classmethod
+    def _unit_interval(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 <= a <= 1.0 for a in value):
+            raise ValueError(f"AWQ alphas must be a non-empty list of values in [0, 1], got {value}")
+        return value
+
+    @property
+    def effective_exclude(self) -> list[str]:
+        """`exclude` plus the LM head for every quantizing scheme."""
+        if self.scheme == "none" or LM_HEAD in self.exclude:
+            return list(self.exclude)
+        return [*self.exclude, LM_HEAD]
+
+    @property
+    def needs_calibration(self) -> bool:
+        """FP8 needs activation ranges and AWQ activation samples; INT4 RTN needs nothing."""
+        return self.scheme in ("fp8", "int4-awq")

@@ -1,0 +1,81 @@
+"""Accuracy measures over plans: perplexity for causal LMs, agreement between two plans.
+
+Used by `ingot eval` and by the build's quantization gate (which compares the quantized plan
+with the unquantized one), so both report the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from pydantic import BaseModel
+
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class Perplexity(BaseModel):
+    perplexity: float
+    tokens: int  # predicted tokens (window - 1 per window)
+    windows: int
+
+
+def windows(ids: np.ndarray, window: int) -> list[np.ndarray]:
+    """Non-overlapping windows of `window` tokens (a shorter tail is dropped if under 2 tokens)."""
+    assert window >= 2
+    out = [ids[i : i + window] for i in range(0, len(ids), window)]
+    return [w for w in out if len(w) >= 2]
+
+
+def batches(wins: list[np.ndarray], batch: int) -> Iterator[np.ndarray]:
+    """Windows of equal length, `batch` at a time, as (batch, window) int64."""
+    by_len: dict[int, list[np.ndarray]] = {}
+    for w in wins:
+        by_len.setdefault(len(w), []).append(w)
+    for group in by_len.values():
+        for i in range(0, len(group), batch):
+            yield np.stack(group[i : i + batch]).astype(np.int64)
+
+
+def feeds_for(ids: np.ndarray, input_names: list[str]) -> dict[str, np.ndarray]:
+    """Causal-LM feeds for full (unpadded) rows."""
+    feeds = {"input_ids": ids}
+    if "attention_mask" in input_names:
+        feeds["attention_mask"] = np.ones_like(ids)
+    return feeds
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """-log p(ids[t+1] | ids[..t]) for each position: (batch, window - 1)."""
+    lp = log_softmax(logits[:, :-1])
+    return -np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
+
+
+def perplexity(run: Run, input_names: list[str], ids: np.ndarray, window: int, batch: int = 4) -> Perplexity:
+    wins = windows(ids, window)
+    if not wins:
+        raise ValueError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
+    total, count = 0.0, 0
+    for rows in batches(wins, batch):
+        nll = token_nll(run(feeds_for(rows, input_names))["logits"], rows)
+        total, count = total + float(nll.sum()), count + nll.size
+    return Perplexity(perplexity=float(np.exp(total / count)), tokens=count, windows=len(wins))
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of positions (all but the last axis) where two logit tensors pick the same class."""
+    return float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine similarity between matching rows (last axis) of two tensors."""
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    num = (a * b).sum(-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return float(np.mean(num / np.maximum(den, 1e-12)))

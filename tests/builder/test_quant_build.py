@@ -1,0 +1,154 @@
+"""`ingot build --quant`: spec in the manifest, calibration files, the accuracy gate, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ingot.plans import open_bundle
+from ingot.plans.bundle import staging_leftovers
+from ingot.runtime import load
+from tests.conftest import assert_user_error, built, ingot, tree_digest
+from tests.models import TEXT
+
+NO_MATMUL = '''
+import torch
+from ingot.builder import ModelSpec
+
+class Scale(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x) * 2.0 + 1.0
+
+def model():
+    return ModelSpec(module=Scale(), inputs={"x": torch.randn(2, 8)}, dynamic_dims={"x": {0: "batch"}})
+'''
+
+
+@pytest.fixture(scope="module")
+def calib_txt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(TEXT * 6)
+    return path
+
+
+@pytest.fixture(scope="module")
+def awq_bundle(tiny_llama_dir, calib_txt, tmp_path_factory):
+    return built(tiny_llama_dir, tmp_path_factory.mktemp("q") / "awq", "--quant", "int4-awq", "--block-size", "32",
+                 "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
+
+
+def test_int4_awq_manifest_and_gate(awq_bundle):
+    m = open_bundle(awq_bundle).manifest
+    q = m.quantization
+    assert m.precision == "int4" and q.scheme == "int4-awq" and q.block_size == 32
+    assert q.layers_quantized == 14 and q.exclude == ["lm_head*"] and "lm_head/MatMul" in q.layers_skipped
+    assert q.calibration.format == "text" and q.calibration.samples == 8 and q.calibration.seq_len == 32
+    assert q.cpu_accuracy_level == 4 and "MatMulNBits" in q.notes[0]
+    t = m.targets["cpu-x86_64"]
+    assert t.session_config == {"session.qdq_matmulnbits_accuracy_level": "4"}
+    v = t.verification
+    assert v.reference == "unquantized plan" and v.passed
+    assert {"perplexity", "perplexity_ref", "ppl_increase_pct", "top1_agreement", "cosine_min"} <= set(v.metrics)
+    assert v.metrics["cosine_min"] > 0.95
+    assert v.gates == {"max_ppl_increase_pct": 50.0, "min_cosine": 0.9}  # the defaults
+
+
+def test_inspect_shows_the_spec(awq_bundle):
+    out = ingot("inspect", awq_bundle).stdout
+    for fragment in ("quantization: int4-awq, block 32", "calibration: calib.txt", "perplexity", "MatMulNBits"):
+        assert fragment in out, fragment
+    data = json.loads(ingot("inspect", awq_bundle, "--json").stdout)
+    assert data["quantization"]["scheme"] == "int4-awq"
+
+
+def test_int4_bundle_runs_close_to_fp32(awq_bundle, llama_bundle):
+    feeds = load(llama_bundle).encode(["The quick brown fox jumps over the lazy dog."])
+    a, b = load(llama_bundle).run(feeds)["logits"], load(awq_bundle).run(feeds)["logits"]
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.min() > 0.95
+
+
+def test_fp8_needs_calibration_and_records_cpu_settings(tiny_llama_dir, calib_txt, tmp_path):
+    assert_user_error(ingot("build", tiny_llama_dir, "--quant", "fp8", "-o", tmp_path / "x"), "needs calibration data")
+    assert not (tmp_path / "x").exists()
+    out = built(tiny_llama_dir, tmp_path / "fp8", "--quant", "fp8", "--calib", calib_txt, "--calib-seq-len", "32")
+    m = open_bundle(out).manifest
+    assert m.precision == "fp8" and m.quantization.calibration.method == "max"
+    assert m.targets["cpu-x86_64"].session_config["session.disable_quant_qdq"] == "1"
+    assert "FP8 speed needs a GPU target" in ingot("inspect", out).stdout
+
+
+def test_rtn_needs_no_calibration(tiny_llama_dir, tmp_path):
+    out = built(tiny_llama_dir, tmp_path / "rtn", "--quant", "int4", "--block-size", "32", "--exclude", "*.mlp.down_proj*")
+    q = open_bundle(out).manifest.quantization
+    assert q.calibration is None and q.layers_quantized == 12
+    assert set(q.layers_skipped) == {"lm_head/MatMul", "model.layers.0.mlp.down_proj/MatMul", "model.layers.1.mlp.down_proj/MatMul"}
+    assert open_bundle(out).manifest.targets["cpu-x86_64"].verification.data.startswith("the example inputs")
+
+
+def test_npz_calibration_for_any_model(tiny_cnn_py, tmp_path):
+    np.savez(tmp_path / "calib.npz", image=np.random.default_rng(0).standard_normal((10, 3, 16, 16)).astype(np.float32))
+    out = built(f"{tiny_cnn_py}:model", tmp_path / "fp8", "--quant", "fp8", "--calib", tmp_path / "calib.npz")
+    m = open_bundle(out).manifest
+    assert m.quantization.calibration.format == "npz" and m.quantization.layers_quantized == 2  # conv + fc
+    assert m.targets["cpu-x86_64"].verification.metrics["top1_agreement"] >= 0.5
+
+
+def test_model_without_matmul(tmp_path):
+    (tmp_path / "nomatmul.py").write_text(NO_MATMUL)
+    proc = ingot("build", f"{tmp_path / 'nomatmul.py'}:model", "--quant", "int4", "-o", tmp_path / "o")
+    assert_user_error(proc, "no MatMul")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda p: None, "calibration file not found"),
+    (lambda p: p.write_text(""), "is empty"),
+    (lambda p: p.write_text("   \n\n"), "is empty"),
+])
+def test_bad_text_calibration(tiny_llama_dir, tmp_path, setup, message):
+    path = tmp_path / "c.txt"
+    setup(path)
+    assert_user_error(ingot("build", tiny_llama_dir, "--quant", "int4-awq", "--calib", path, "-o", tmp_path / "o"), message)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("c.csv", "a,b\n1,2\n", "unsupported calibration file type '.csv'"),
+    ("c.jsonl", "{not json}\n", "line 1: not JSON"),
+    ("c.jsonl", '{"prompt": "x"}\n', "line 1: expected a JSON string or an object with a \"text\" field"),
+    ("c.txt", b"\x00\x01\x02binary", "is not text"),
+    ("c.npz", b"not a zip", "cannot read calibration file"),
+])
+def test_wrong_format_calibration(tiny_llama_dir, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert_user_error(ingot("build", tiny_llama_dir, "--quant", "fp8", "--calib", path, "-o", tmp_path / "o"), message)
+
+
+def test_npz_with_wrong_names(tiny_cnn_py, tmp_path):
+    np.savez(tmp_path / "c.npz", pixels=np.zeros((4, 3, 16, 16), np.float32))
+    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "fp8", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o")
+    assert_user_error(proc, "has arrays ['pixels']; the model's inputs are ['image']")
+
+
+def test_text_calibration_for_a_model_without_tokenizer(tiny_cnn_py, calib_txt, tmp_path):
+    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "fp8", "--calib", calib_txt, "-o", tmp_path / "o")
+    assert_user_error(proc, "the model has no tokenizer")
+
+
+@pytest.mark.parametrize("size", ["48", "8", "0", "100"])
+def test_block_size_must_be_a_power_of_two(tiny_cnn_py, tmp_path, size):
+    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "int4", "--block-size", size, "-o", tmp_path / "o")
+    assert_user_error(proc, "block size must be a power of two >= 16")
+
+
+def test_failing_gate_keeps_the_previous_bundle(awq_bundle, tiny_llama_dir, calib_txt, tmp_path):
+    import shutil
+
+    out = shutil.copytree(awq_bundle, tmp_path / "b")
+    before = tree_digest(out)
+    proc = ingot("build", tiny_llama_dir, "-o", out, "--quant", "int4-awq", "--block-size", "32", "--calib", calib_txt,
+                 "--calib-seq-len", "32", "--calib-samples", "8", "--min-top1", "0.9999", "--min-cosine", "0.99999")
+    line = assert_user_error(proc, "accuracy gate failed", "--min-top1 0.9999", "perplexity", "held-out rows of calib.txt")
+    assert "cosine" in line
+    assert tree_digest(out) == before and staging_leftovers(out) == []
