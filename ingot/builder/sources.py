@@ -45,11 +45,16 @@ class LoadedModel:
     tokenizer: Any = None  # a transformers tokenizer, saved into the bundle
     text_inputs: dict[str, str] = field(default_factory=dict)  # input name -> Encoding field
     scope_prefix: str = ""  # module-path prefix of a wrapper, dropped from node names
+    tokenizer_files: Path | None = None  # copied verbatim into the bundle (a bundle source)
 
 
 def load_source(source: str, name: str | None = None) -> LoadedModel:
     path = Path(source).expanduser()
-    if path.is_dir():
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from ingot.builder.bundle_source import load_bundle
+
+        loaded = load_bundle(path)
+    elif path.is_dir():
         from ingot.builder.hf import load_hf_folder
 
         loaded = load_hf_folder(path)

@@ -145,7 +145,7 @@ def merge(
 def eval_(
     bundle: Annotated[Path, typer.Argument(help="Causal-LM bundle folder.")],
     text: Annotated[Path, typer.Option("--text", help="Text file to measure perplexity on.")],
-    window: Annotated[int, typer.Option(help="Tokens per window (non-overlapping).")] = 512,
+    window: Annotated[int | None, typer.Option(help="Tokens per window, non-overlapping (default 512, or the bundle's limit).")] = None,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -158,7 +158,7 @@ def eval_(
     if json_out:
         render.print_json(result.model_dump())
     else:
-        render.out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens ({result.windows} windows of {window})")
+        render.out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens in {result.windows} windows")
 
 
 @app.command()

@@ -6,10 +6,13 @@
 Symmetric, no zero point (TensorRT requires zero point 0). ONNX Runtime fuses the pair
 into `com.microsoft.MatMulNBits` at ENABLE_EXTENDED and above, which is the CPU speed path.
 
-A weight whose K is not a multiple of the block size is left in float and reported
-(skip, not pad): ONNX and ORT accept a ragged last block, but TensorRT wants the scale
-shape to divide the weight exactly, and padding K would need a Pad or Slice next to every
-such MatMul. Real LLM widths are multiples of 128, so this only hits toy models.
+A weight whose K is not a multiple of the block size (SmolLM2's hidden size 576 at block
+128) is zero-padded to whole blocks, K', and its activation gets one `Pad` to K' (shared by
+the layers reading it): exact, since the extra channels meet zero rows. A ragged last block
+would need no Pad, but TensorRT wants the blocks to divide the weight exactly; padding keeps
+one form for both backends, and ORT still fuses DQ + MatMul into MatMulNBits.
+
+    X [.., K] ─ Pad(axes=[-1], [0, K'-K]) ─▶ MatMul ◀─ DequantizeLinear(q [K', N], scale [K'/bs, N])
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ingot.quant.calibrate import TensorStats
 from ingot.quant.errors import QuantError
 from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
-from ingot.quant.primitives import block_misfit, int4_quantize
+from ingot.quant.primitives import int4_quantize, padded_k
 from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, skip_warnings
 from ingot.quant.spec import QuantSpec
 
@@ -30,14 +33,8 @@ MIN_OPSET = 21  # DequantizeLinear's block_size and INT4 type
 
 
 def int4_layers(model: onnx.ModelProto, spec: QuantSpec) -> tuple[list[Layer], list[SkippedLayer]]:
-    """MatMuls with a constant [K, N] weight that fits the block size. Raises QuantError if none."""
-    layers, skipped = find_layers(model, ("MatMul",), spec.effective_exclude)
-    fits = []
-    for layer in layers:
-        if reason := block_misfit(layer.shape[0], spec.block_size):
-            skipped.append(SkippedLayer(name=layer.name, reason=reason, warn=True))
-        else:
-            fits.append(layer)
+    """MatMuls with a constant [K, N] weight (any K: see padding above). Raises QuantError if none."""
+    fits, skipped = find_layers(model, ("MatMul",), spec.effective_exclude)
     if not fits:
         why = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
         raise QuantError(
@@ -64,10 +61,12 @@ def quantize_int4(
     edit = GraphEditor(model)
     scales, choices = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [])
     before, after = _quantize_weights(edit, layers, scales, spec.block_size)
+    padded = _pad_activations(edit, layers, spec.block_size)
     edit.finish()
     report = QuantReport(
         scheme=spec.scheme, block_size=spec.block_size, exclude=spec.effective_exclude,
         quantized=[layer.name for layer in layers], skipped=skipped, warnings=skip_warnings(skipped), awq=choices,
+        padded=padded,
         session_config={"session.qdq_matmulnbits_accuracy_level": str(spec.accuracy_level)},
         weight_bytes_before=before, weight_bytes_after=after,
     )
@@ -95,6 +94,25 @@ def _quantize_weights(
         before += w.nbytes
         after += (q.size + 1) // 2 + scale.nbytes  # two int4 per byte
     return before, after
+
+
+def _pad_activations(edit: GraphEditor, layers: list[Layer], block_size: int) -> list[str]:
+    """One `Pad` to K' per activation read by layers whose K is not whole blocks; returns those layers."""
+    groups: dict[str, list[Layer]] = {}
+    for layer in layers:
+        if layer.shape[0] % block_size:
+            groups.setdefault(edit.node(layer.index).input[0], []).append(layer)  # after AWQ rewiring
+    for x, group in groups.items():
+        k = group[0].shape[0]
+        pads = edit.add_initializer(f"{x}_pads", np.array([0, padded_k(k, block_size) - k], np.int64))
+        axes = edit.add_initializer(f"{x}_pad_axes", np.array([-1], np.int64))
+        padded = edit.insert(
+            min(layer.index for layer in group), "Pad", [x, pads, "", axes], f"{x}_padded",
+            f"{scope(group[0].name)}/int4_Pad", mode="constant",
+        )
+        for layer in group:
+            edit.set_input(layer.index, 0, padded)
+    return [layer.name for group in groups.values() for layer in group]
 
 
 def _by_weight(layers: list[Layer]) -> dict[str, list[Layer]]:

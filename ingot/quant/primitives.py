@@ -14,22 +14,24 @@ INT4_MIN, INT4_MAX = -8, 7
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
-def block_misfit(k: int, block_size: int) -> str | None:
-    """Why a [K, N] weight cannot be blocked along K, or None if it can."""
-    if k % block_size:
-        return f"K={k} is not a multiple of block size {block_size}"
-    return None
+def padded_k(k: int, block_size: int) -> int:
+    """K rounded up to whole blocks: a [K, N] weight is stored as [K', N] with zero rows."""
+    return -(-k // block_size) * block_size
 
 
 def int4_quantize(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """[K, N] float weight → (q [K, N] ml_dtypes.int4, scale [K/bs, N] in w's dtype).
+    """[K, N] float weight → (q [K', N] ml_dtypes.int4, scale [K'/bs, N] in w's dtype).
 
     Blocks run along the input dim K (axis 0), as `DequantizeLinear(axis=0, block_size)`
     expects: scale[b, n] = max |w[b*bs:(b+1)*bs, n]| / 7, q = clip(round(w / scale), -8, 7).
+    K' = K rounded up to whole blocks: missing rows are zeros (they meet zero-padded
+    activation channels, so the product is unchanged), and every block divides evenly, as
+    TensorRT requires of a block-quantized scale.
     """
     assert w.ndim == 2, w.shape
-    if reason := block_misfit(w.shape[0], block_size):
-        raise ValueError(reason)
+    k, n = w.shape
+    if k % block_size:
+        w = np.concatenate([w, np.zeros((padded_k(k, block_size) - k, n), w.dtype)])
     k, n = w.shape
     blocks = w.astype(np.float32).reshape(k // block_size, block_size, n)  # (K/bs, bs, N)
     amax = np.abs(blocks).max(axis=1)  # (K/bs, N)
@@ -46,8 +48,8 @@ def int4_dequantize(q: np.ndarray, scale: np.ndarray, block_size: int) -> np.nda
 
 
 def int4_round_trip(w: np.ndarray, block_size: int) -> np.ndarray:
-    """Q(W): what the quantized model computes with, as float32."""
-    return int4_dequantize(*int4_quantize(w, block_size), block_size)
+    """Q(W) [K, N]: what the quantized model computes with, as float32 (padding dropped)."""
+    return int4_dequantize(*int4_quantize(w, block_size), block_size)[: w.shape[0]]
 
 
 def fp8_quantize_channels(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ class QuantReport(_Frozen):
     skipped: list[SkippedLayer] = []
     warnings: list[str] = []
     awq: list[AwqChoice] = []
+    padded: list[str] = []  # INT4: layers whose K was zero-padded to whole blocks (with a Pad on X)
     activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor
     calib_samples: int = 0  # feed dicts used for calibration
     # ONNX Runtime session config entries recommended for the CPU target.

@@ -52,9 +52,15 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """-log p(ids[t+1] | ids[..t]) for each position: (batch, window - 1)."""
-    lp = log_softmax(logits[:, :-1])
-    return -np.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
+    """-log p(ids[t+1] | ids[..t]) for each position: (batch, window - 1).
+
+    Row by row: a float64 log-softmax over (window, vocab) is ~100 MB for a 49k vocab, over
+    the whole batch it would be the batch times that."""
+    out = np.empty((ids.shape[0], ids.shape[1] - 1))
+    for row in range(ids.shape[0]):
+        lp = log_softmax(logits[row, :-1])
+        out[row] = -np.take_along_axis(lp, ids[row, 1:, None], axis=-1)[:, 0]
+    return out
 
 
 def perplexity(run: Run, input_names: list[str], ids: np.ndarray, window: int, batch: int = 4) -> Perplexity:

@@ -40,8 +40,9 @@ class Model:
     def run_text(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.run(self.encode(texts))
 
-    def perplexity(self, text: str, window: int = 512, batch: int = 4):
-        """Perplexity of a causal-LM bundle on `text`, in non-overlapping windows of `window` tokens."""
+    def perplexity(self, text: str, window: int | None = None, batch: int = 4):
+        """Perplexity of a causal-LM bundle on `text`, in non-overlapping windows of `window`
+        tokens (default: 512, or the bundle's longest sequence if shorter)."""
         from ingot.runtime.evaluate import perplexity
 
         if self.manifest.model.kind != "causal-lm":
@@ -49,6 +50,7 @@ class Model:
         if self.tokenizer is None:
             raise RunError(f"{self.manifest.model.id} has no tokenizer")
         limit = max(d.max for d in self.manifest.inputs[0].shape if not isinstance(d, int))
+        window = min(512, limit) if window is None else window
         if not 2 <= window <= limit:
             raise InputError(f"--window {window}: must be within 2..{limit} (the bundle's sequence range)")
         ids = self.tokenizer.ids(text)

@@ -152,3 +152,13 @@ def test_failing_gate_keeps_the_previous_bundle(awq_bundle, tiny_llama_dir, cali
     line = assert_user_error(proc, "accuracy gate failed", "--min-top1 0.9999", "perplexity", "held-out rows of calib.txt")
     assert "cosine" in line
     assert tree_digest(out) == before and staging_leftovers(out) == []
+
+
+def test_an_fp32_bundle_as_the_source(llama_bundle, tmp_path):
+    out = built(llama_bundle, tmp_path / "q", "--quant", "int4", "--block-size", "32")
+    fp32, q = open_bundle(llama_bundle).manifest, open_bundle(out).manifest
+    assert q.model == fp32.model and q.inputs == fp32.inputs and q.tokenizer == fp32.tokenizer
+    assert q.precision == "int4" and q.quantization.layers_quantized == 14
+    assert q.targets["cpu-x86_64"].verification.metrics["cosine_min"] > 0.95
+    assert load(out).run_text(["hello there"])["logits"].shape[-1] == 320
+    assert_user_error(ingot("build", out, "--quant", "int4", "-o", tmp_path / "again"), "already quantized")

@@ -56,15 +56,17 @@ def test_logits_stay_close_to_fp32(tiny_llama_onnx, test_feeds, bs):
         assert 1e-4 < err < 0.15, (config, err)  # changed (it is quantized), but not broken
 
 
-def test_block_128_skips_what_does_not_fit(tiny_llama_onnx, test_feeds):
-    """Hidden 64: only down_proj (K=128) fits a block of 128; the rest stays float, reported."""
+def test_block_128_pads_what_does_not_fit(tiny_llama_onnx, test_feeds):
+    """Hidden 64 at block 128: K is zero-padded to 128, with one Pad per activation tensor."""
     qmodel, report = quantize(tiny_llama_onnx, QuantSpec(scheme="int4"))
-    assert report.quantized == [f"model.layers.{i}.mlp.down_proj/MatMul" for i in range(2)]
-    misfits = [s for s in report.skipped if s.reason == "K=64 is not a multiple of block size 128"]
-    assert len(misfits) == LINEAR - 3
-    assert len(report.warnings) == len(misfits) and "stays in float" in report.warnings[0]
-    assert len(ops(qmodel, "DequantizeLinear")) == 2
-    assert run(qmodel, test_feeds[:1])[0].shape == (3, 20, 320)
+    onnx.checker.check_model(qmodel, full_check=True)
+    assert len(report.quantized) == LINEAR - 1 and report.warnings == []
+    assert len(report.padded) == LINEAR - 3  # all but the two down_proj (K=128)
+    assert len(ops(qmodel, "Pad")) == 6  # per layer: q/k/v, o, gate/up share three inputs
+    assert len(ops(qmodel, "DequantizeLinear")) == LINEAR - 1
+    ref = run(tiny_llama_onnx, test_feeds)
+    out = run(qmodel, test_feeds, {"session.qdq_matmulnbits_accuracy_level": "0"})
+    assert out[0].shape == (3, 20, 320) and rel_rms(out, ref) < 0.15
 
 
 @pytest.mark.parametrize("level", [0, 4])
@@ -93,15 +95,27 @@ def test_numerics_match_numpy():
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_a_weight_that_does_not_fit_is_skipped_with_a_warning():
-    model = mlp(k=96, n=64)  # fc1: K=96, fc2: K=128
+def test_padded_layers_still_fuse_into_matmulnbits(tiny_llama_onnx, tmp_path):
+    """Hidden 64 at block 128: every layer is padded, and ORT still fuses each into MatMulNBits.
+    (ORT does not fuse a DQ + MatMul whose output feeds a Relu, padded or not; Llama has none.)"""
+    qmodel, report = quantize(tiny_llama_onnx, QuantSpec(scheme="int4"))
+    path = tmp_path / "opt.onnx"
+    session(qmodel, report.session_config, optimized=str(path))
+    nbits = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == LINEAR - 1
+
+
+def test_a_weight_that_does_not_fit_is_padded_exactly():
+    model = mlp(k=96, n=64)  # fc1: K=96 (padded to 128), fc2: K=128
     qmodel, report = quantize(model, QuantSpec(scheme="int4", block_size=64))
-    assert report.quantized == ["fc2/MatMul"]
-    assert report.skipped[0].name == "fc1/MatMul" and report.skipped[0].reason.startswith("K=96")
-    assert report.warnings == ["fc1/MatMul stays in float: K=96 is not a multiple of block size 64"]
-    assert "w1" in {t.name for t in qmodel.graph.initializer}
-    with pytest.raises(QuantError, match="no MatMul with a constant weight to quantize.*K=96"):
-        quantize(model, QuantSpec(scheme="int4", block_size=64, exclude=["fc2*"]))
+    assert report.quantized == ["fc1/MatMul", "fc2/MatMul"] and report.padded == ["fc1/MatMul"]
+    x = np.random.default_rng(5).standard_normal((7, 96)).astype(np.float32)
+    w1, w2 = initializer(model, "w1"), initializer(model, "w2")
+    expected = np.maximum(x @ int4_round_trip(w1, 64), 0) @ int4_round_trip(w2, 64)
+    got = run(qmodel, [{"x": x}], {"session.qdq_matmulnbits_accuracy_level": "0"})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    with pytest.raises(QuantError, match="no MatMul with a constant weight to quantize"):
+        quantize(model, QuantSpec(scheme="int4", block_size=64, exclude=["fc*"]))
 
 
 def test_a_shared_weight_is_quantized_once():

@@ -4,7 +4,6 @@ import pytest
 
 from ingot.quant.primitives import (
     FP8_MAX,
-    block_misfit,
     fp8_activation_scale,
     fp8_dequantize,
     fp8_quantize_channels,
@@ -60,11 +59,13 @@ def test_int4_keeps_float16_scales():
     assert np.abs(int4_dequantize(q, scale, 32) - w.astype(np.float32)).max() <= np.abs(w).max() / 7
 
 
-def test_int4_rejects_a_misfit_k():
-    assert block_misfit(128, 64) is None
-    assert block_misfit(96, 64) == "K=96 is not a multiple of block size 64"
-    with pytest.raises(ValueError, match="K=96"):
-        int4_quantize(_weight(96, 4), 64)
+def test_int4_pads_a_misfit_k_with_zero_rows():
+    w = _weight(96, 4)
+    q, scale = int4_quantize(w, 64)
+    assert q.shape == (128, 4) and scale.shape == (2, 4)  # K' = 128: whole blocks
+    assert not q[96:].astype(np.int8).any()
+    back = int4_round_trip(w, 64)
+    assert back.shape == (96, 4) and np.abs(back - w).max() <= np.abs(w).max() / 7
 
 
 def test_fp8_per_output_channel_of_a_matmul_weight():

