@@ -1,0 +1,100 @@
+"""Sampling: the per-request `SamplingParams` (validated at the edge) and the batched `Sampler`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Below this temperature a request is greedy: dividing logits by ~0 would overflow.
+GREEDY_EPS = 1e-5
+
+
+class SamplingParams(BaseModel):
+    """How to pick tokens for one request. Names and defaults follow vLLM's SamplingParams."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(1.0, ge=0, description="0 = greedy (argmax)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass; 1 = off")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 (or vLLM's -1) = off")
+    seed: int | None = Field(None, description="per-request seed: same seed, same tokens, whatever the batch")
+    max_tokens: int = Field(16, ge=1, description="output tokens at most")
+    stop: tuple[str, ...] = Field((), description="stop strings; the output is cut before the first match")
+    stop_token_ids: tuple[int, ...] = Field((), description="token ids that finish the request (kept in output)")
+    ignore_eos: bool = Field(False, description="keep generating past the EOS token")
+
+    @field_validator("top_k", mode="before")
+    @classmethod
+    def _minus_one_is_off(cls, value):
+        return 0 if value == -1 else value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value):
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not s for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_EPS
+
+
+class Sampler:
+    """Logits → one token id per sequence.
+
+    Greedy rows take the argmax. The others apply temperature, then top-k, then top-p on
+    the sorted distribution, and invert its CDF with one uniform draw from the row's own
+    generator, so a seeded request draws the same tokens alone or in any batch.
+    """
+
+    def __call__(
+        self,
+        logits: np.ndarray,
+        params: Sequence[SamplingParams],
+        generators: Sequence[np.random.Generator],
+    ) -> np.ndarray:
+        """(num_seqs, vocab) float32 logits → (num_seqs,) int64 token ids."""
+        assert logits.ndim == 2 and len(params) == len(generators) == logits.shape[0], logits.shape
+        tokens = np.argmax(logits, axis=-1).astype(np.int64)
+        rows = np.array([not p.greedy for p in params], dtype=bool)
+        if rows.any():
+            picked = [p for p, r in zip(params, rows) if r]
+            draws = np.array([g.random() for g, r in zip(generators, rows) if r])
+            tokens[rows] = sample_rows(logits[rows], picked, draws)
+        return tokens
+
+
+def sample_rows(logits: np.ndarray, params: Sequence[SamplingParams], draws: np.ndarray) -> np.ndarray:
+    """Temperature → top-k → top-p → inverse CDF at `draws` (num_rows,) uniforms in [0, 1)."""
+    temperature = np.array([p.temperature for p in params])[:, None]
+    scaled = logits.astype(np.float64) / temperature  # (rows, vocab)
+    order = np.argsort(-scaled, axis=-1, kind="stable")  # most likely first; ties by lower id, like argmax
+    ranked = np.take_along_axis(scaled, order, axis=-1)
+    ranked = top_k_mask(ranked, np.array([p.top_k for p in params]))
+    probs = np.exp(ranked - ranked[:, :1])  # the first entry is the max and always kept
+    probs /= probs.sum(axis=-1, keepdims=True)
+    probs = top_p_mask(probs, np.array([p.top_p for p in params]))
+    cdf = np.cumsum(probs, axis=-1)
+    # First rank whose CDF exceeds draw * total: never a zero-probability (masked) rank.
+    rank = np.sum(cdf <= draws[:, None] * cdf[:, -1:], axis=-1)
+    return order[np.arange(len(order)), rank]
+
+
+def top_k_mask(ranked: np.ndarray, top_k: np.ndarray) -> np.ndarray:
+    """Set ranks ≥ k to -inf in (rows, vocab) logits sorted high to low; k = 0 keeps all."""
+    k = np.where(top_k > 0, top_k, ranked.shape[-1])[:, None]
+    return np.where(np.arange(ranked.shape[-1]) < k, ranked, -np.inf)
+
+
+def top_p_mask(probs: np.ndarray, top_p: np.ndarray) -> np.ndarray:
+    """Zero the tail past the smallest prefix of sorted `probs` whose mass reaches top_p."""
+    mass_before = np.cumsum(probs, axis=-1) - probs  # exclusive cumsum: the first rank is always kept
+    return np.where(mass_before < top_p[:, None], probs, 0.0)
