@@ -28,17 +28,21 @@ class Gates:
         return {k: v for k, v in named.items() if v is not None}
 
 
-def measure(kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool) -> dict[str, float]:
-    """Figures for `quant` against `ref`; perplexity only over full (unpadded) causal-LM windows."""
+def measure(
+    kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool, mask: str | None = None
+) -> dict[str, float]:
+    """Figures for `quant` against `ref`; perplexity only over full (unpadded) causal-LM windows.
+    `mask` names the attention-mask input: padded token positions are left out of the figures."""
     nll_ref, nll_q, agree, cos = [], [], [], {}
     for feeds in held_out:
         a, b = ref(feeds), quant(feeds)
+        m = feeds.get(mask) if mask else None
         for name, x in a.items():
             if np.issubdtype(x.dtype, np.floating):
-                cos.setdefault(name, []).append(mean_cosine(b[name], x))
+                cos.setdefault(name, []).append(mean_cosine(b[name], x, m))
         if kind in ("causal-lm", "classifier"):
             logits = "logits" if "logits" in a else next(iter(a))
-            agree.append(top1_agreement(b[logits], a[logits]))
+            agree.append(_top1(b[logits], a[logits], m))
         if perplexity:
             nll_ref.append(token_nll(a["logits"], feeds["input_ids"]))
             nll_q.append(token_nll(b["logits"], feeds["input_ids"]))
@@ -50,6 +54,13 @@ def measure(kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray
         p_q = float(np.exp(np.concatenate([n.ravel() for n in nll_q]).mean()))
         metrics |= {"perplexity_ref": p_ref, "perplexity": p_q, "ppl_increase_pct": 100.0 * (p_q / p_ref - 1.0)}
     return metrics
+
+
+def _top1(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> float:
+    if mask is not None and a.shape[: mask.ndim] == mask.shape and a.ndim > mask.ndim:
+        keep = mask.astype(bool)
+        return top1_agreement(a[keep], b[keep])
+    return top1_agreement(a, b)
 
 
 def failures(metrics: dict[str, float], gates: Gates) -> list[str]:
@@ -68,9 +79,9 @@ def failures(metrics: dict[str, float], gates: Gates) -> list[str]:
 
 def gate(
     kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool,
-    gates: Gates, ran_on: str, data: str,
+    gates: Gates, ran_on: str, data: str, mask: str | None = None,
 ) -> Verification:
-    metrics = measure(kind, ref, quant, held_out, perplexity)
+    metrics = measure(kind, ref, quant, held_out, perplexity, mask)
     failed = failures(metrics, gates)
     if failed:
         raise VerificationError(f"accuracy gate failed: {'; '.join(failed)} ({summarize(metrics)} on {data})")

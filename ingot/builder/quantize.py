@@ -89,7 +89,8 @@ class QuantResult:
             data, ppl = "the example inputs (pass --calib for held-out data)", False
         else:
             return None
-        return gate(loaded.kind, reference, plan, held, ppl, gates, ran_on, data)
+        mask = next((name for name, field in loaded.text_inputs.items() if field == "attention_mask"), None)
+        return gate(loaded.kind, reference, plan, held, ppl, gates, ran_on, data, mask)
 
 
 def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage) -> QuantResult:

@@ -32,7 +32,9 @@ CPU_SESSION_CONFIG = {
     # ORT 1.32's ReluQuantRewrite (ENABLE_EXTENDED and up) deletes a Relu that feeds an FP8
     # QuantizeLinear as if zero point 0 were the bottom of the range, as it is for uint8;
     # FP8 is signed, so negative values then pass through (measured: wrong outputs).
-    "optimization.disable_specified_optimizers": "ReluQuantRewrite",
+    # ClipQuantRewrite (the same family, for Clip/ReLU6 before a QuantizeLinear) fails session
+    # creation outright on an FP8 zero point ("Unexpected data type ... y_zero_point of 17").
+    "optimization.disable_specified_optimizers": "ReluQuantRewrite;ClipQuantRewrite",  # ";"-separated
 }
 
 

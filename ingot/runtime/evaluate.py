@@ -79,8 +79,14 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(-1) == b.argmax(-1)).mean())
 
 
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine similarity between matching rows (last axis) of two tensors."""
+def mean_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean cosine similarity between matching rows (last axis) of two tensors.
+
+    `mask` (e.g. the attention mask, (batch, sequence)) keeps only the rows it marks when it
+    matches the leading dims: padded positions carry no meaning and would skew the mean."""
+    if mask is not None and a.shape[: mask.ndim] == mask.shape and a.ndim > mask.ndim:
+        keep = mask.astype(bool)
+        a, b = a[keep], b[keep]
     a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
     num = (a * b).sum(-1)
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)

@@ -10,7 +10,7 @@ from ingot.quant.calibrate import calibrate
 from ingot.quant.primitives import fp8_activation_scale, fp8_dequantize, fp8_quantize_channels, fp8_quantize_tensor
 from tests.quant.util import initializer, make_model, mlp, ops, rel_rms, run
 
-CPU_CONFIG = {"session.disable_quant_qdq": "1", "optimization.disable_specified_optimizers": "ReluQuantRewrite"}
+CPU_CONFIG = {"session.disable_quant_qdq": "1", "optimization.disable_specified_optimizers": "ReluQuantRewrite;ClipQuantRewrite"}
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +180,32 @@ def test_fp8_needs_stats_for_every_activation():
     assert len(ops(qmodel, "QuantizeLinear")) == 2
     with pytest.raises(QuantError, match="--quant fp8: the model has no MatMul, Gemm or Conv"):
         quantize_fp8(model, QuantSpec(scheme="fp8", exclude=["fc*"]), stats)
+
+
+def test_relu6_clip_before_fp8_quantize_runs_on_ort_cpu():
+    """Conv → Clip(0, 6) → Conv (EfficientNet's ReLU6): ORT's ClipQuantRewrite fails session
+    creation on an FP8 zero point unless the CPU session config disables it."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from ingot.quant import QuantSpec, quantize
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1/Conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["r"], name="act/Clip"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2/Conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", 1, ["n", 4, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    feeds = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    qmodel, report = quantize(model, QuantSpec(scheme="fp8"), feeds)
+    so = ort.SessionOptions()
+    for k, v in report.session_config.items():
+        so.add_session_config_entry(k, v)
+    sess = ort.InferenceSession(qmodel.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+    out = sess.run(None, feeds[0])[0]
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()

@@ -52,3 +52,11 @@ def test_eval_bad_input(llama_bundle, bert_bundle, tmp_path):
     assert_user_error(ingot("eval", llama_bundle, "--text", tmp_path / "none.txt"), "file not found")
     (tmp_path / "one.txt").write_text("a")
     assert_user_error(ingot("eval", llama_bundle, "--text", tmp_path / "one.txt"), "perplexity needs at least 2")
+
+
+def test_padded_positions_are_left_out():
+    a = np.array([[[1.0, 0.0], [5.0, 5.0]]])  # (batch 1, sequence 2, hidden 2); position 1 is padding
+    b = np.array([[[1.0, 0.0], [-5.0, -5.0]]])
+    mask = np.array([[1, 0]])
+    assert mean_cosine(a, b) == pytest.approx(0.0)
+    assert mean_cosine(a, b, mask) == pytest.approx(1.0)
