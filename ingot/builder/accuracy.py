@@ -42,7 +42,7 @@ def measure(
                 cos.setdefault(name, []).append(mean_cosine(b[name], x, m))
         if kind in ("causal-lm", "classifier"):
             logits = "logits" if "logits" in a else next(iter(a))
-            agree.append(_top1(b[logits], a[logits], m))
+            agree.append(top1_agreement(b[logits], a[logits], m))
         if perplexity:
             nll_ref.append(token_nll(a["logits"], feeds["input_ids"]))
             nll_q.append(token_nll(b["logits"], feeds["input_ids"]))
@@ -54,13 +54,6 @@ def measure(
         p_q = float(np.exp(np.concatenate([n.ravel() for n in nll_q]).mean()))
         metrics |= {"perplexity_ref": p_ref, "perplexity": p_q, "ppl_increase_pct": 100.0 * (p_q / p_ref - 1.0)}
     return metrics
-
-
-def _top1(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> float:
-    if mask is not None and a.shape[: mask.ndim] == mask.shape and a.ndim > mask.ndim:
-        keep = mask.astype(bool)
-        return top1_agreement(a[keep], b[keep])
-    return top1_agreement(a, b)
 
 
 def failures(metrics: dict[str, float], gates: Gates) -> list[str]:

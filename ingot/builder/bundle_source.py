@@ -51,13 +51,8 @@ def load_bundle(root: Path) -> LoadedModel:
 def _attach_tokenizer(loaded: LoadedModel, folder: Path, input_map: dict[str, str]) -> None:
     """The HF tokenizer (for text calibration and example inputs) from the bundle's files."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ingot.builder.hf import EXAMPLE_TEXTS, _quiet_transformers
+    from ingot.builder.hf import _quiet_transformers, text_example
 
-    transformers = _quiet_transformers()
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    enc = tok(EXAMPLE_TEXTS, padding=True, return_tensors="pt")
+    tok = _quiet_transformers().AutoTokenizer.from_pretrained(folder)
+    loaded.example, _ = text_example(tok, input_map)
     loaded.tokenizer, loaded.tokenizer_files, loaded.text_inputs = tok, folder, dict(input_map)
-    loaded.example = {name: enc[name] for name in input_map}

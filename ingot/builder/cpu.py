@@ -39,13 +39,8 @@ def compile_cpu(
 
 
 def ort_runner(model: str | bytes, session_config: dict[str, str]):
-    """A `feeds -> {name: array}` callable over a plan (a path, or a serialized model)."""
-    import onnxruntime as ort
+    """A `feeds -> {name: array}` callable over a plan (a path, or a serialized model), run the
+    way the runtime runs it."""
+    from ingot.runtime.ort_backend import OrtBackend
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for key, value in session_config.items():
-        options.add_session_config_entry(key, value)
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return lambda feeds: dict(zip(names, session.run(names, feeds)))
+    return OrtBackend(model, session_config).run

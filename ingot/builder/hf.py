@@ -134,7 +134,7 @@ def _wrap(model, kind: str, tokenizer, source: SourceInfo, model_id: str, poolin
 
     params = inspect.signature(model.forward).parameters
     if tokenizer is not None:
-        example, text_inputs = _text_example(tokenizer, params)
+        example, text_inputs = text_example(tokenizer, params)
     else:
         ids = torch.randint(0, model.config.vocab_size, (2, 8))
         example, text_inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, {}
@@ -160,7 +160,9 @@ def _wrap(model, kind: str, tokenizer, source: SourceInfo, model_id: str, poolin
     )
 
 
-def _text_example(tokenizer, params) -> tuple[dict, dict[str, str]]:
+def text_example(tokenizer, params) -> tuple[dict, dict[str, str]]:
+    """Example feeds from EXAMPLE_TEXTS for the inputs in `params` (right-padded), and the
+    input name -> Encoding field map. Sets a pad token (eos) when the tokenizer has none."""
     tokenizer.padding_side = "right"  # left padding leaves fully masked query rows
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -74,19 +74,24 @@ def perplexity(run: Run, input_names: list[str], ids: np.ndarray, window: int, b
     return Perplexity(perplexity=float(np.exp(total / count)), tokens=count, windows=len(wins))
 
 
-def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
+def masked(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `a` and `b` that `mask` (e.g. the attention mask, (batch, sequence)) marks, when it
+    matches their leading dims: padded positions carry no meaning and would skew a mean."""
+    if mask is not None and a.shape[: mask.ndim] == mask.shape and a.ndim > mask.ndim:
+        keep = mask.astype(bool)
+        return a[keep], b[keep]
+    return a, b
+
+
+def top1_agreement(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Share of positions (all but the last axis) where two logit tensors pick the same class."""
+    a, b = masked(a, b, mask)
     return float((a.argmax(-1) == b.argmax(-1)).mean())
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Mean cosine similarity between matching rows (last axis) of two tensors.
-
-    `mask` (e.g. the attention mask, (batch, sequence)) keeps only the rows it marks when it
-    matches the leading dims: padded positions carry no meaning and would skew the mean."""
-    if mask is not None and a.shape[: mask.ndim] == mask.shape and a.ndim > mask.ndim:
-        keep = mask.astype(bool)
-        a, b = a[keep], b[keep]
+    """Mean cosine similarity between matching rows (last axis) of two tensors (`mask`: see `masked`)."""
+    a, b = masked(a, b, mask)
     a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
     num = (a * b).sum(-1)
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)

@@ -62,9 +62,7 @@ class Model:
 
 def load(root: Path, target: str | None = None, host: Host | None = None, threads: int | None = None) -> Model:
     """Open the bundle at `root` for this machine; checks the sha256 of every file it uses."""
-    from ingot.plans import read_manifest
-
-    bundle = Bundle(Path(root), read_manifest(Path(root)))
+    bundle = open_bundle(Path(root), verify=False)  # only the files this target uses are checked
     chosen = select_target(bundle.manifest, host or detect_host(), target)
     bundle.verify_target(chosen)
     if chosen.backend != "onnxruntime":
@@ -73,7 +71,5 @@ def load(root: Path, target: str | None = None, host: Host | None = None, thread
             f"run the CPU target with --target {(host or detect_host()).cpu} if the bundle has one"
         )
     tokenizer = TextTokenizer(bundle.root, bundle.manifest.tokenizer) if bundle.manifest.tokenizer else None
-    return Model(bundle, chosen, OrtBackend(bundle.path(chosen.entrypoint), chosen, threads), tokenizer)
+    return Model(bundle, chosen, OrtBackend(bundle.path(chosen.entrypoint), chosen.session_config, threads), tokenizer)
 
-
-__all__ = ["Model", "load", "open_bundle"]

@@ -6,20 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ingot.plans import Target
-
 
 class OrtBackend:
-    def __init__(self, model_path: Path, target: Target, threads: int | None = None):
+    def __init__(self, model: Path | str | bytes, session_config: dict[str, str], threads: int | None = None):
+        """`model`: a path, or a serialized model; `session_config`: the target's session entries."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
-        for key, value in target.session_config.items():
+        for key, value in session_config.items():
             options.add_session_config_entry(key, value)
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
