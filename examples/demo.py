@@ -2,7 +2,8 @@
 
 1. all-MiniLM-L6-v2 (HF folder) → bundle → sentence similarities from `ingot run --text`.
 2. EfficientNet-Lite0 (`module:function`) → bundle → top-1 on real photos.
-3. SmolLM2-135M (GGUF) → bundle → next-token prediction.
+3. SmolLM2-135M (GGUF) → paged plan → next-token logits, then generation: a streamed answer,
+   prompts run concurrently by the in-flight batcher, and a short serving benchmark.
 4. A CI-style matrix: a second target built separately, then `ingot merge`.
 5. A corrupted bundle is refused with one clear line.
 """
@@ -74,6 +75,12 @@ def smollm2() -> None:
     logits = np.load(OUT / "smollm2.npz")["logits"]
     tok = Tokenizer.from_file(str(bundle / "tokenizer" / "tokenizer.json"))
     print(f"{prompt!r} → next token {tok.decode([int(logits[0, -1].argmax())])!r}")
+    ingot("run", bundle, "--prompt", prompt, "--max-tokens", "16", "--stream", "--kv-cache-memory", "256MiB")
+    prompts = OUT / "prompts.txt"
+    prompts.write_text("To be, or not to be,\nThe three primary colors are\nWhat is the capital of Italy?\n")
+    ingot("run", bundle, "--prompts-file", prompts, "--max-tokens", "24", "--kv-cache-memory", "256MiB")
+    ingot("bench", bundle, "--num-requests", "8", "--prompt-len", "64", "--output-len", "16", "--concurrency", "4",
+          "--prefix-len", "32", "--kv-cache-memory", "256MiB")
 
 
 def corrupted() -> None:

@@ -42,6 +42,7 @@ def load_bundle(root: Path) -> LoadedModel:
         output_names=[o.name for o in m.outputs],
         onnx_path=bundle.path(cpu.entrypoint),
         architecture=m.model.architecture,
+        llm=m.llm,
     )
     if m.tokenizer is not None:
         _attach_tokenizer(loaded, bundle.root / "tokenizer", m.tokenizer.input_map)

@@ -38,6 +38,12 @@ class BuildConfig(BaseModel):
     max_ppl_increase: float | None = Field(None, ge=0)
     min_cosine: float | None = Field(None, ge=-1, le=1)
     min_top1: float | None = Field(None, ge=0, le=1)
+    # causal LMs: paged plan (generation) limits, recorded in the manifest's `llm`
+    layout: Literal["auto", "paged", "dense"] = "auto"
+    max_num_tokens: int = Field(2048, ge=1, le=1 << 16)
+    max_num_seqs: int = Field(32, ge=1, le=1 << 12)
+    max_model_len: int | None = Field(None, ge=2)
+    kv_block_size: int = Field(16, ge=1, le=1024)
 
     @field_validator("dims")
     @classmethod

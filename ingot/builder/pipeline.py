@@ -20,12 +20,15 @@ from ingot.builder.cpu import compile_cpu, ort_runner
 from ingot.builder.errors import BuildError
 from ingot.builder.export import export_onnx
 from ingot.builder.graph import apply_dim_ranges, cleanup, io_specs
+from ingot.builder import llm as paged
 from ingot.builder.quantize import QuantResult, quant_spec, quantize_model
 from ingot.builder.quiet import quiet
 from ingot.builder.sources import LoadedModel, load_source
 from ingot.builder.tensorrt import check_tensorrt_target, compile_tensorrt
 from ingot.builder.verify import verify_outputs
 from ingot.plans import SCHEMA_VERSION, BundleWriter, Manifest, ModelInfo, Target, TargetName, TokenizerInfo, detect_host
+from ingot.plans.llm import LLMInfo
+from ingot.runtime.llm.dense import dense_runner
 
 Stage = Callable[[str], AbstractContextManager]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -42,6 +45,12 @@ class _Graphs:
     float_model: object
     plan_model: object
     quant: QuantResult | None
+    llm: LLMInfo | None = None  # set for paged causal-LM plans
+
+    def runner(self, model, config: dict[str, str]):
+        """`feeds -> outputs` over a plan; a paged plan is seen as a dense causal LM."""
+        run = ort_runner(model, config)
+        return run if self.llm is None else dense_runner(run, self.llm)
 
 
 def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
@@ -56,15 +65,20 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
     with stage("load source"), quiet():
         loaded = load_source(cfg.source, cfg.name)
         loaded.dims = apply_dim_ranges(loaded.dims, cfg.dims)
+    hf_model = paged.paged_source(loaded, cfg, targets)
     with stage("export to ONNX"):
-        model = export_onnx(loaded, cfg.opset)
+        model = export_onnx(loaded, cfg.opset) if hf_model is None else paged.export(hf_model, cfg)
+    llm = loaded.llm if hf_model is None else paged.info(hf_model, cfg, loaded.tokenizer)
+    if hf_model is not None:
+        with stage("lower attention for cpu"):
+            model = paged.lower(model)
     with stage("clean graph"), quiet():
         model = cleanup(model)
-    inputs, outputs = io_specs(model, loaded.dims)
-    graphs = _Graphs(model, model, None)
+    inputs, outputs = io_specs(model, loaded.dims) if llm is None else paged.dense_specs(loaded, llm)
+    graphs = _Graphs(model, model, None, llm)
     if spec is not None:
-        quant = quantize_model(model, spec, loaded, cfg, stage)
-        graphs = _Graphs(model, quant.model, quant)
+        quant = quantize_model(model, spec, loaded, cfg, stage, llm)
+        graphs = _Graphs(model, quant.model, quant, llm)
     with writer:
         built = {}
         for t in targets:
@@ -84,6 +98,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
             precision=graphs.quant.precision if graphs.quant else "fp32",
             quantization=graphs.quant.info if graphs.quant else None,
             tokenizer=_save_tokenizer(loaded, writer),
+            llm=llm,
             targets=built,
         )
         with stage("write bundle"):
@@ -106,7 +121,10 @@ def _check_gpu_target(t: TargetName, cfg: BuildConfig) -> None:
 def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: BuildConfig, inputs) -> Target:
     if target.device == "cpu":
         config = graphs.quant.report.session_config if graphs.quant else {}
-        return compile_cpu(graphs.plan_model, target, writer, cfg.opset, config)
+        built = compile_cpu(graphs.plan_model, target, writer, cfg.opset, config)
+        if graphs.llm is None:
+            return built
+        return built.model_copy(update={"build_options": {**built.build_options, "attention": paged.LOWERING}})
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:  # TensorRT's parser reads from a file
@@ -118,14 +136,19 @@ def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: Bui
 def _verify(
     target: Target, writer: BundleWriter, loaded: LoadedModel, graphs: _Graphs, cfg: BuildConfig, ran_on: str
 ) -> Target:
-    plan = ort_runner(str(writer.path(target.entrypoint)), target.session_config)
+    plan = graphs.runner(str(writer.path(target.entrypoint)), target.session_config)
+    mask = "attention_mask" if graphs.llm is not None and "attention_mask" in loaded.example else None
+    if graphs.llm is not None and loaded.module is not None:  # the paged contract (past read from the cache) against torch
+        paged.check_paged(ort_runner(graphs.float_model.SerializeToString(), {}), loaded.module.model, graphs.llm,
+                          cfg.atol, cfg.rtol)
     if graphs.quant is None:
         if loaded.module is None:
             return target  # an .onnx source: no torch model to compare with
-        return target.model_copy(update={"verification": verify_outputs(plan, loaded, cfg.atol, cfg.rtol, ran_on)})
-    reference = ort_runner(graphs.float_model.SerializeToString(), {})
+        verification = verify_outputs(plan, loaded, cfg.atol, cfg.rtol, ran_on, mask=mask)
+        return target.model_copy(update={"verification": verification})
+    reference = graphs.runner(graphs.float_model.SerializeToString(), {})
     if loaded.module is not None:  # the float export must match torch before it is a reference
-        verify_outputs(reference, loaded, cfg.atol, cfg.rtol, ran_on)
+        verify_outputs(reference, loaded, cfg.atol, cfg.rtol, ran_on, mask=mask)
     verification = graphs.quant.gate(reference, plan, loaded, cfg, ran_on)
     return target.model_copy(update={"verification": verification})
 

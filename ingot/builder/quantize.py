@@ -93,7 +93,8 @@ class QuantResult:
         return gate(loaded.kind, reference, plan, held, ppl, gates, ran_on, data, mask)
 
 
-def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage) -> QuantResult:
+def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, llm=None) -> QuantResult:
+    """`llm`: the LLMInfo of a paged plan, whose calibration rows are fed as prefills."""
     from ingot.quant import QuantError, quantize
 
     calib = None
@@ -102,9 +103,14 @@ def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage) ->
             calib = load_calibration(cfg.calib, loaded, cfg.calib_samples, cfg.calib_seq_len)
     elif spec.needs_calibration:
         raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
+    feeds = calib.calib if calib else None
+    if feeds and llm is not None:
+        from ingot.runtime.llm.dense import paged_feeds
+
+        feeds = [paged_feeds(llm, f["input_ids"], f.get("attention_mask")) for f in feeds]
     with stage(f"quantize {spec.scheme}"):
         try:
-            qmodel, report = quantize(model, spec, calib.calib if calib else None)
+            qmodel, report = quantize(model, spec, feeds)
         except QuantError as e:
             raise BuildError(str(e)) from None
     return QuantResult(qmodel, report, spec, calib)

@@ -46,6 +46,7 @@ class LoadedModel:
     text_inputs: dict[str, str] = field(default_factory=dict)  # input name -> Encoding field
     scope_prefix: str = ""  # module-path prefix of a wrapper, dropped from node names
     tokenizer_files: Path | None = None  # copied verbatim into the bundle (a bundle source)
+    llm: Any = None  # LLMInfo of a paged-plan bundle source (its graph is already lowered)
 
 
 def load_source(source: str, name: str | None = None) -> LoadedModel:

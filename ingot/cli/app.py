@@ -14,6 +14,7 @@ import typer
 
 from ingot import __version__
 from ingot.cli import render
+from ingot.cli.bench import bench
 from ingot.cli.errors import run_guarded, split_debug
 
 app = typer.Typer(
@@ -58,6 +59,11 @@ def build(
     max_ppl_increase: Annotated[float | None, typer.Option(help="Gate: fail above this perplexity increase (%).")] = None,
     min_cosine: Annotated[float | None, typer.Option(help="Gate: fail below this cosine similarity.")] = None,
     min_top1: Annotated[float | None, typer.Option(help="Gate: fail below this top-1 agreement.")] = None,
+    layout: Annotated[str, typer.Option(help="Causal LMs: paged (generation plan, default) or dense (logits of every position).")] = "auto",
+    max_num_tokens: Annotated[int, typer.Option(help="Paged LLM: tokens per step (the token budget).")] = 2048,
+    max_num_seqs: Annotated[int, typer.Option(help="Paged LLM: sequences per step.")] = 32,
+    max_model_len: Annotated[int | None, typer.Option(help="Paged LLM: prompt + output tokens (default min(model, 2048)).")] = None,
+    kv_block_size: Annotated[int, typer.Option(help="Paged LLM: tokens per KV-cache block.")] = 16,
     json_out: JsonOpt = False,
 ) -> None:
     """Build SOURCE into a plan bundle (atomically; a failed build leaves --output as it was)."""
@@ -70,7 +76,9 @@ def build(
         atol=atol, rtol=rtol, opset=opset, dims=_parse_dims(dim), overwrite=overwrite,
         quant=quant.value, block_size=block_size, calib=calib, calib_samples=calib_samples,
         calib_seq_len=calib_seq_len, calib_method=calib_method, exclude=exclude, accuracy_level=accuracy_level,
-        max_ppl_increase=max_ppl_increase, min_cosine=min_cosine, min_top1=min_top1,
+        max_ppl_increase=max_ppl_increase, min_cosine=min_cosine, min_top1=min_top1, layout=layout,
+        max_num_tokens=max_num_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+        kv_block_size=kv_block_size,
     )
     manifest = run_build(cfg, stage)
     if json_out:
@@ -86,12 +94,34 @@ def run(
     input: Annotated[list[str], typer.Option("--input", "-i", help="NAME=FILE.npy (repeatable).")] = [],  # noqa: B006
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Save outputs to OUT.npz.")] = None,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="LLM bundles: generate from this prompt (repeatable).", rich_help_panel="Generation")] = [],  # noqa: B006
+    prompts_file: Annotated[Path | None, typer.Option(help="LLM: one prompt per line, all run concurrently.", rich_help_panel="Generation")] = None,
+    max_tokens: Annotated[int, typer.Option(help="LLM: output tokens at most.", rich_help_panel="Generation")] = 64,
+    temperature: Annotated[float, typer.Option(help="LLM: 0 = greedy.", rich_help_panel="Generation")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="LLM: nucleus mass (1 = off).", rich_help_panel="Generation")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="LLM: keep the k most likely tokens (0 = off).", rich_help_panel="Generation")] = 0,
+    seed: Annotated[int | None, typer.Option(help="LLM: per-request sampling seed.", rich_help_panel="Generation")] = None,
+    stop: Annotated[list[str], typer.Option("--stop", help="LLM: stop string (repeatable).", rich_help_panel="Generation")] = [],  # noqa: B006
+    ignore_eos: Annotated[bool, typer.Option(help="LLM: keep generating past EOS.", rich_help_panel="Generation")] = False,
+    stream: Annotated[bool, typer.Option(help="LLM: print tokens as they come.", rich_help_panel="Generation")] = False,
+    chat: Annotated[bool, typer.Option(help="LLM: wrap each prompt in the tokenizer's chat template.", rich_help_panel="Generation")] = False,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: KV cache size, bytes (2e9, 512MiB) or a fraction of RAM (0.5).", rich_help_panel="Generation")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a bundle on this machine (checksums are checked first)."""
+    """Run a bundle on this machine (checksums are checked first); LLM bundles generate text from --prompt."""
     from ingot.runtime import InputError, load
     from ingot.runtime.inputs import load_npy
 
+    if prompt or prompts_file is not None:
+        from ingot.cli import generate
+
+        if text or input:
+            raise InputError("--prompt/--prompts-file generate text; --text and --input are for other bundles")
+        params = generate.sampling_params(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                          seed=seed, stop=tuple(stop), ignore_eos=ignore_eos)
+        generate.generate(bundle, generate.read_prompts(prompt, prompts_file), params, chat=chat, stream=stream,
+                          json_out=json_out, kv_cache_memory=generate.parse_memory(kv_cache_memory), target=target)
+        return
     model = load(bundle, target)
     feeds = model.encode(text) if text else {}
     feeds.update(load_npy(spec) for spec in input)
@@ -159,6 +189,9 @@ def eval_(
         render.print_json(result.model_dump())
     else:
         render.out.print(f"perplexity {result.perplexity:.3f} over {result.tokens} tokens in {result.windows} windows")
+
+
+app.command()(bench)
 
 
 @app.command()

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ingot.plans.llm import LLMInfo
+
 SCHEMA_VERSION = 1
 FORMAT = "ingot-bundle"
 
@@ -186,6 +188,7 @@ class Manifest(_Frozen):
     precision: str = "fp32"
     quantization: Quantization | None = None
     tokenizer: TokenizerInfo | None = None
+    llm: LLMInfo | None = None  # a paged causal-LM plan (generation)
     targets: dict[str, Target]
 
     @model_validator(mode="after")
@@ -202,7 +205,7 @@ class Manifest(_Frozen):
 
     def signature(self) -> dict:
         """What must be equal for two builds to be targets of one bundle."""
-        return self.model_dump(include={"model", "inputs", "outputs", "precision", "quantization", "tokenizer"})
+        return self.model_dump(include={"model", "inputs", "outputs", "precision", "quantization", "tokenizer", "llm"})
 
     def with_target(self, target: Target) -> Manifest:
         """A copy with `target` added (or replacing the one of the same name)."""

@@ -26,9 +26,17 @@ class Model:
         return self.bundle.manifest
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name; raises InputError (listing the expected inputs) on a mismatch."""
+        """Outputs by name; raises InputError (listing the expected inputs) on a mismatch.
+        A paged LLM plan is run as a dense causal LM (every position's logits)."""
         check_feeds(self.manifest.inputs, feeds)
-        return self.backend.run(feeds)
+        return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.manifest.llm is None:
+            return self.backend.run(feeds)
+        from ingot.runtime.llm.dense import dense_runner
+
+        return dense_runner(self.backend.run, self.manifest.llm)(feeds)
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         if self.tokenizer is None:
@@ -57,7 +65,7 @@ class Model:
         if len(ids) < 2:
             raise InputError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
         names = [i.name for i in self.manifest.inputs]
-        return perplexity(self.backend.run, names, ids, window, batch)
+        return perplexity(self._run, names, ids, window, batch)
 
 
 def load(root: Path, target: str | None = None, host: Host | None = None, threads: int | None = None) -> Model:

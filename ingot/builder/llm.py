@@ -1,0 +1,104 @@
+"""The build's causal-LM part: when a source becomes a paged plan, its limits, the dense
+interface recorded in the manifest, and the check of the paged contract against torch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ingot.builder.config import BuildConfig
+from ingot.builder.errors import BuildError, VerificationError
+from ingot.builder.sources import LoadedModel
+from ingot.plans import DynamicDim, TargetName, TensorSpec
+from ingot.plans.llm import LLMInfo
+
+if TYPE_CHECKING:
+    import onnx
+
+DEFAULT_MAX_MODEL_LEN = 2048
+LOWERING = "gather-v1"  # ingot.builder.lower_cpu
+
+
+def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName]):
+    """The Hugging Face model to build as a paged plan, or None (dense plan)."""
+    hf = getattr(loaded.module, "model", None) if loaded.kind == "causal-lm" else None
+    if cfg.layout == "dense" or hf is None:
+        if cfg.layout == "paged":
+            raise BuildError(f"--layout paged needs a Hugging Face causal LM (Llama, Qwen2, Mistral); "
+                             f"{loaded.source.name} is {loaded.kind}")
+        return None
+    from ingot.builder.paged import SUPPORTED
+
+    arch = (hf.config.architectures or [type(hf).__name__])[0]
+    if arch not in SUPPORTED:
+        if cfg.layout == "paged":
+            raise BuildError(f"--layout paged supports {', '.join(sorted(SUPPORTED))}; {arch} is not one yet")
+        return None
+    gpu = [t.name for t in targets if t.device == "cuda"]
+    if gpu:
+        raise BuildError(f"paged LLM plans run on cpu targets only for now (the TensorRT paged-KV plugin is not "
+                         f"implemented): drop --target {gpu[0]}, or pass --layout dense")
+    return hf
+
+
+def llm_limits(cfg: BuildConfig, hf_model) -> dict[str, int]:
+    model_max = getattr(hf_model.config, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
+    max_len = cfg.max_model_len or min(model_max, DEFAULT_MAX_MODEL_LEN)
+    if max_len > model_max:
+        raise BuildError(f"--max-model-len {max_len}: the model has {model_max} positions")
+    return {"max_model_len": max_len, "max_num_tokens": cfg.max_num_tokens, "max_num_seqs": cfg.max_num_seqs,
+            "kv_block_size": cfg.kv_block_size}
+
+
+def dense_specs(loaded: LoadedModel, info: LLMInfo) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The dense causal-LM view the runtime offers on the plan (Model.run, eval): [batch, sequence]."""
+    batch = next(d for axes in loaded.dims.values() for a, d in axes.items() if a == 0)
+    b = DynamicDim(name=batch.name, min=batch.min, max=batch.max)
+    s = DynamicDim(name="sequence", min=1, max=info.max_model_len)
+    inputs = [TensorSpec(name=name, dtype="int64", shape=[b, s]) for name in loaded.example]
+    return inputs, [TensorSpec(name="logits", dtype="float32", shape=[b, s, info.vocab_size])]
+
+
+def check_paged(run, hf_model, info: LLMInfo, atol: float, rtol: float) -> float:
+    """Run the lowered plan and the torch reference of the contract on a step that reads past
+    K/V from the cache (random pool, two sequences); max abs error of the logits."""
+    import torch
+
+    from ingot.builder.paged import PagedCausalLM, example_inputs
+    from ingot.plans import llm as names
+    from ingot.runtime.llm.batch import PackedBatch, cpu_attention_inputs
+
+    wrapper = PagedCausalLM(hf_model).eval()
+    ex = example_inputs(wrapper, info.kv_block_size)
+    with torch.no_grad():
+        ref = wrapper(**ex).double().numpy()
+    batch = PackedBatch(**{k: ex[k].numpy() for k in ("input_ids", "positions", "slot_mapping", "logits_indices",
+                                                      "query_start_loc", "context_lens", "block_tables")})
+    feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
+             names.LOGITS_INDICES: batch.logits_indices} | cpu_attention_inputs(batch, info)
+    for layer, (k, v) in enumerate(zip(ex["key_caches"], ex["value_caches"])):
+        feeds[names.key_cache(layer)], feeds[names.value_cache(layer)] = k.numpy(), v.numpy()
+    err = float(np.abs(run(feeds)[names.LOGITS] - ref).max())
+    if err > atol + rtol * float(np.abs(ref).max()):
+        raise VerificationError(f"verification failed: the paged plan differs from torch by {err:.3g} on a step "
+                                "reading the KV cache; pass --no-verify to build anyway")
+    return err
+
+
+def export(hf_model, cfg: BuildConfig) -> onnx.ModelProto:
+    from ingot.builder.paged import export_paged
+
+    return export_paged(hf_model, cfg.opset, cfg.kv_block_size)
+
+
+def info(hf_model, cfg: BuildConfig, tokenizer) -> LLMInfo:
+    from ingot.builder.paged import llm_info
+
+    return llm_info(hf_model, llm_limits(cfg, hf_model), tokenizer)
+
+
+def lower(model: onnx.ModelProto) -> onnx.ModelProto:
+    from ingot.builder.lower_cpu import lower_paged_attention
+
+    return lower_paged_attention(model)

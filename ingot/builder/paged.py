@@ -1,0 +1,236 @@
+"""Causal LMs as paged plans: one flat, ragged batch of tokens in, logits of chosen rows out,
+each layer's attention one `ingot.PagedAttention` node reading a paged KV cache.
+
+The plan's inputs (the "paged KV plugin" contract, vLLM's layout):
+- `input_ids [T]`, `positions [T]`: the new tokens of every scheduled sequence, packed;
+- `logits_indices [N]`: rows of the batch whose logits are returned (the last token of each
+  sampling sequence; every row for perplexity);
+- `slot_mapping [T]`: where each new token's K/V goes (block id * block size + offset);
+- `block_tables [B, max_blocks]`, `context_lens [B]`, `query_start_loc [B + 1]`: per sequence;
+- `key_cache.L`, `value_cache.L [kv_heads, num_blocks, block_size, head_dim]` per layer.
+
+PagedAttention(query, key, value, key_cache, value_cache, slot_mapping, block_tables,
+context_lens, query_start_loc) writes key/value at slot_mapping and attends over each
+sequence's context (past from the cache, causal over its new tokens). Targets lower the node:
+ingot.builder.lower_cpu for ONNX Runtime; a TensorRT plugin later.
+
+Only the attention is replaced: embeddings, norms, projections, rotary embedding and MLP are
+the Hugging Face modules themselves, so Llama, Qwen2 and Mistral share this wrapper and the
+exported node names (model.layers.0.mlp.up_proj/MatMul) are those quantization matches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ingot.plans.llm import LLMInfo
+
+from ingot.plans.llm import DOMAIN, OP_TYPE  # noqa: E402
+METADATA = ("slot_mapping", "block_tables", "context_lens", "query_start_loc")
+SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+
+
+@torch.library.custom_op("ingot::paged_attention", mutates_args=())
+def paged_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor, query_start_loc: torch.Tensor,
+    num_heads: int, num_kv_heads: int, scale: float,
+) -> torch.Tensor:
+    """Reference semantics (eager, one sequence at a time): the new tokens of sequence b are
+    rows query_start_loc[b]:query_start_loc[b+1]; its context is context_lens[b] tokens, the
+    first (context - new) read from the cache through its block table."""
+    del slot_mapping  # the write is a side effect of the plugin; here the new rows are used directly
+    block_size, heads, kv_heads = key_cache.shape[2], num_heads, num_kv_heads
+    flat_k = key_cache.reshape(kv_heads, -1, key.shape[2]).transpose(0, 1)  # [slots, kv, dim]
+    flat_v = value_cache.reshape(kv_heads, -1, key.shape[2]).transpose(0, 1)
+    out = torch.empty_like(query)
+    for b in range(context_lens.shape[0]):
+        start, stop = int(query_start_loc[b]), int(query_start_loc[b + 1])
+        past = int(context_lens[b]) - (stop - start)
+        pos = torch.arange(past)
+        slots = block_tables[b, pos // block_size] * block_size + pos % block_size
+        k = torch.cat([flat_k[slots], key[start:stop]]).repeat_interleave(heads // kv_heads, dim=1)
+        v = torch.cat([flat_v[slots], value[start:stop]]).repeat_interleave(heads // kv_heads, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", query[start:stop], k) * scale
+        causal = torch.arange(k.shape[0])[None, :] > (past + torch.arange(stop - start))[:, None]
+        probs = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        out[start:stop] = torch.einsum("hqk,khd->qhd", probs, v)
+    return out
+
+
+@paged_attention.register_fake
+def _(query, key, value, key_cache, value_cache, slot_mapping, block_tables, context_lens, query_start_loc,
+      num_heads, num_kv_heads, scale):
+    return torch.empty_like(query)
+
+
+def paged_attention_onnx(
+    query, key, value, key_cache, value_cache, slot_mapping, block_tables, context_lens, query_start_loc,
+    num_heads: int, num_kv_heads: int, scale: float,
+):
+    """The exporter's translation: one node in the `ingot` domain."""
+    from onnxscript.values import Opset
+
+    register_schema()
+    return Opset(DOMAIN, 1).PagedAttention(
+        query, key, value, key_cache, value_cache, slot_mapping, block_tables, context_lens, query_start_loc,
+        num_heads=num_heads, num_kv_heads=num_kv_heads, scale=scale,
+    )
+
+
+def register_schema() -> None:
+    """The contract as an ONNX operator schema (so onnx and onnxscript know the node)."""
+    import onnx
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has(OP_TYPE, DOMAIN):
+        return
+    f, i = "tensor(float)", "tensor(int64)"
+    names = [("query", f), ("key", f), ("value", f), ("key_cache", f), ("value_cache", f),
+             *((m, i) for m in METADATA)]
+    onnx.defs.register_schema(OpSchema(
+        OP_TYPE, DOMAIN, 1,
+        doc=__doc__,
+        inputs=[OpSchema.FormalParameter(n, t) for n, t in names],
+        outputs=[OpSchema.FormalParameter("output", f)],
+        attributes=[
+            OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "query heads"),
+            OpSchema.Attribute("num_kv_heads", OpSchema.AttrType.INT, "key/value heads (grouped-query attention)"),
+            OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale"),
+        ],
+    ))
+
+
+class PagedCausalLM(torch.nn.Module):
+    """A Hugging Face Llama-family model driven as a packed batch over a paged KV cache."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model  # the *ForCausalLM: .model.{embed_tokens, layers, norm, rotary_emb}, .lm_head
+        config = model.config
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.scale = self.head_dim**-0.5
+
+    def forward(self, input_ids, positions, logits_indices, slot_mapping, block_tables, context_lens,
+                query_start_loc, key_caches: list[torch.Tensor], value_caches: list[torch.Tensor]):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        inner = self.model.model
+        hidden = inner.embed_tokens(input_ids)[None]  # (1, T, hidden): HF modules expect a batch dim
+        cos, sin = inner.rotary_emb(hidden, positions[None])
+        metadata = (slot_mapping, block_tables, context_lens, query_start_loc)
+        for layer, key_cache, value_cache in zip(inner.layers, key_caches, value_caches, strict=True):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(1, -1, self.heads, self.head_dim)
+            k = attn.k_proj(x).view(1, -1, self.kv_heads, self.head_dim)
+            v = attn.v_proj(x).view(1, -1, self.kv_heads, self.head_dim)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+            y = torch.ops.ingot.paged_attention(q[0], k[0], v[0], key_cache, value_cache, *metadata, self.heads,
+                                                self.kv_heads, self.scale)
+            hidden = hidden + attn.o_proj(y.reshape(1, -1, self.heads * self.head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.model.lm_head(inner.norm(hidden[:, logits_indices]))[0]  # batch dim kept: a MatMul, as in HF
+
+
+def check_supported(model) -> None:
+    arch = (model.config.architectures or [type(model).__name__])[0]
+    assert arch in SUPPORTED, arch
+
+
+def example_inputs(model: PagedCausalLM, block_size: int, num_blocks: int = 8, seed: int = 0) -> dict:
+    """Two sequences: 3 new tokens after block_size + 1 past ones (read from two blocks of the
+    cache), and a prefill of 4; random caches."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.model.config.vocab_size
+    new, past = [3, 4], [block_size + 1, 0]
+    tables = torch.tensor([[2, 0, 5], [1, 3, 4]])[:, : -(-(max(n + p for n, p in zip(new, past))) // block_size)]
+    positions = torch.cat([torch.arange(p, p + n) for n, p in zip(new, past)])
+    seq = torch.cat([torch.full((n,), b) for b, n in enumerate(new)])
+    slots = tables[seq, positions // block_size] * block_size + positions % block_size
+    shape = (model.kv_heads, num_blocks, block_size, model.head_dim)
+    layers = len(model.model.model.layers)
+    return {
+        "input_ids": torch.randint(0, vocab, (sum(new),), generator=g),
+        "positions": positions,
+        "logits_indices": torch.tensor([2, 6]),
+        "slot_mapping": slots,
+        "block_tables": tables,
+        "context_lens": torch.tensor([n + p for n, p in zip(new, past)]),
+        "query_start_loc": torch.tensor([0, new[0], sum(new)]),
+        "key_caches": [torch.randn(shape, generator=g) for _ in range(layers)],
+        "value_caches": [torch.randn(shape, generator=g) for _ in range(layers)],
+    }
+
+
+def export_paged(hf_model, opset: int, block_size: int, scope_prefix: str = "model.") -> onnx.ModelProto:
+    """The contract graph of `hf_model`: inputs/outputs named as ingot.plans.llm says."""
+    import torch
+    from torch.export import Dim
+
+    from ingot.builder.errors import ExportError
+    from ingot.builder.export import name_nodes
+    from ingot.builder.quiet import quiet
+    from ingot.plans import llm as names
+
+    wrapper = PagedCausalLM(hf_model).eval()
+    example = example_inputs(wrapper, block_size)
+    layers = len(example["key_caches"])
+    tokens, seqs = Dim("num_tokens", min=1, max=1 << 16), Dim("num_seqs", min=1, max=1 << 12)
+    pool = Dim("num_blocks", min=1, max=1 << 24)
+    shapes = {
+        "input_ids": {0: tokens}, "positions": {0: tokens}, "logits_indices": {0: Dim("num_logits", min=1, max=1 << 16)},
+        "slot_mapping": {0: tokens}, "block_tables": {0: seqs, 1: Dim("max_blocks", min=1, max=1 << 16)},
+        "context_lens": {0: seqs}, "query_start_loc": {0: seqs + 1},
+        "key_caches": [{1: pool}] * layers, "value_caches": [{1: pool}] * layers,
+    }
+    register_schema()
+    with quiet() as log, torch.no_grad():
+        try:
+            program = torch.onnx.export(
+                wrapper, (), kwargs=example, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+                custom_translation_table={torch.ops.ingot.paged_attention.default: paged_attention_onnx},
+                verbose=False,
+            )
+        except Exception as e:
+            raise ExportError(f"paged export of {type(hf_model).__name__} failed: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else log.getvalue()[-300:]}") from e
+    model = program.model_proto
+    renames = {f"key_caches_{i}": names.key_cache(i) for i in range(layers)}
+    renames |= {f"value_caches_{i}": names.value_cache(i) for i in range(layers)}
+    renames[model.graph.output[0].name] = names.LOGITS
+    _rename(model, renames)
+    name_nodes(model, scope_prefix)
+    return model
+
+
+def _rename(model: onnx.ModelProto, renames: dict[str, str]) -> None:
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(x, x) for x in node.input]
+        node.output[:] = [renames.get(x, x) for x in node.output]
+
+
+def llm_info(hf_model, limits: dict[str, int], tokenizer) -> LLMInfo:
+    """The manifest's `llm` section for `hf_model` built with `limits`."""
+    from ingot.plans.llm import LLMInfo
+
+    wrapper = PagedCausalLM(hf_model)
+    config = hf_model.config
+    eos = config.eos_token_id if config.eos_token_id is not None else getattr(tokenizer, "eos_token_id", None)
+    eos_ids = sorted({eos} if isinstance(eos, int) else set(eos or []))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    add_bos = bool(tokenizer is not None and bos is not None and tokenizer("a").input_ids[:1] == [bos])
+    return LLMInfo(
+        num_layers=config.num_hidden_layers, num_heads=wrapper.heads, num_kv_heads=wrapper.kv_heads,
+        head_dim=wrapper.head_dim, vocab_size=config.vocab_size, eos_token_ids=eos_ids, bos_token_id=bos,
+        add_bos=add_bos, **limits,
+    )

@@ -1,0 +1,182 @@
+"""`ingot run DIR --prompt ...`: text generation from an LLM bundle (LLM, or AsyncLLM for --stream).
+
+Options become a `SamplingParams` and a prompt list here, with one `InputError` line for
+anything wrong; the runtime does the rest. Output: the text (or one JSON object per
+request per line) on stdout; the KV report and a summary on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ingot.runtime.errors import InputError
+
+# Suffixes of --kv-cache-memory, case-insensitive; no suffix and a value ≤ 1 is a fraction of RAM.
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+         "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+OPTION_NAMES = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_p": "--top-p",
+                "top_k": "--top-k", "seed": "--seed", "stop": "--stop"}
+
+
+def parse_memory(text: str | None) -> int | float | None:
+    """`2e9`, `512MiB`, `1.5GB` → bytes (int); `0.5` → a fraction of available RAM (float)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([a-z]*)\s*", text.lower())
+    if m is None or m[2] not in UNITS:
+        raise InputError(f"--kv-cache-memory {text!r}: expected bytes (2e9, 512MiB, 4GB) or a fraction (0.5)")
+    value = float(m[1]) * UNITS[m[2]]
+    if not m[2] and 0 < value <= 1:
+        return value
+    if value < 1:
+        raise InputError(f"--kv-cache-memory {text!r}: must be more than 0")
+    return int(value)
+
+
+def sampling_params(**options):
+    """SamplingParams from CLI options; a bad value is one error line naming the option."""
+    from ingot.runtime.llm import SamplingParams
+
+    try:
+        return SamplingParams(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = OPTION_NAMES.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "options"
+        raise InputError(f"{name}: {err['msg'].lower()} (got {err.get('input')!r})") from None
+
+
+def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """--prompt values, then the non-empty lines of --prompts-file."""
+    prompts = list(prompts)
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise InputError(f"--prompts-file: file not found: {prompts_file}")
+        lines = prompts_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        from_file = [line for line in lines if line.strip()]
+        if not from_file:
+            raise InputError(f"--prompts-file {prompts_file}: no prompts (one per line)")
+        prompts += from_file
+    if any(not p for p in prompts):
+        raise InputError("--prompt: empty prompt")
+    return prompts
+
+
+def check_llm_bundle(bundle: Path) -> None:
+    """Refuse a bundle without an LLM plan before loading anything."""
+    from ingot.plans import open_bundle
+
+    manifest = open_bundle(bundle, verify=False).manifest
+    if getattr(manifest, "llm", None) is None:
+        raise InputError(f"{manifest.model.id} is a {manifest.model.kind} bundle without an LLM plan: "
+                         f"--prompt needs a causal-LM bundle (use --text or --input for this one)")
+
+
+def generate(bundle: Path, prompts: list[str], params, *, chat: bool, stream: bool, json_out: bool,
+             kv_cache_memory: int | float | None, target: str | None) -> None:
+    """Run every prompt concurrently and print the results in input order."""
+    check_llm_bundle(bundle)
+    if stream:
+        import asyncio
+
+        asyncio.run(_stream(bundle, prompts, params, chat=chat, json_out=json_out,
+                            kv_cache_memory=kv_cache_memory, target=target))
+        return
+    from ingot.runtime.llm import LLM
+
+    with LLM(bundle, kv_cache_memory=kv_cache_memory, target=target, max_waiting=max(1024, len(prompts))) as llm:
+        _report(llm.startup_report())
+        start = time.perf_counter()
+        if chat:
+            outputs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+        else:
+            outputs = llm.generate(prompts, params)
+        for index, (prompt, output) in enumerate(zip(prompts, outputs, strict=True)):
+            if json_out:
+                _print_line(request_json(index, prompt, output))
+            else:
+                _print_text(index, prompt, output.text, len(prompts))
+        _summary(outputs, time.perf_counter() - start)
+
+
+async def _stream(bundle: Path, prompts: list[str], params, *, chat: bool, json_out: bool,
+                  kv_cache_memory: int | float | None, target: str | None) -> None:
+    """Submit all, then print each request's deltas in input order as they come (later
+    requests run meanwhile; their deltas wait in their streams)."""
+    from ingot.runtime.llm import AsyncLLM
+    from ingot.runtime.llm.llm import chat_template, render_chat, special_tokens
+
+    llm = AsyncLLM.from_bundle(bundle, kv_cache_memory=kv_cache_memory, target=target,
+                               max_waiting=max(1024, len(prompts)))
+    try:
+        _report(llm.startup_report())
+        start, finals = time.perf_counter(), []
+        runner = llm.engine.runner
+        template = chat_template(runner) if chat else None
+        request_ids = []
+        for p in prompts:
+            if template is None:
+                request_ids.append(llm.submit(p, params))
+            else:
+                text = render_chat(template, [{"role": "user", "content": p}], **special_tokens(runner))
+                ids = list(llm.engine.tokenize(text, add_special_tokens=False))
+                request_ids.append(llm.submit(text, params, prompt_token_ids=ids))
+        for index, (prompt, request_id) in enumerate(zip(prompts, request_ids, strict=True)):
+            if not json_out and len(prompts) > 1:
+                print(_header(index, prompt), flush=True)
+            async for output in llm.stream(request_id):
+                _emit_delta(index, prompt, output, json_out)
+            finals.append(output)
+        _summary(finals, time.perf_counter() - start)
+    finally:
+        await llm.shutdown()
+
+
+def request_json(index: int, prompt: str, output) -> dict:
+    m = output.metrics
+    return {
+        "index": index, "request_id": output.request_id, "prompt": prompt, "text": output.text,
+        "token_ids": list(output.token_ids), "finish_reason": output.finish_reason and output.finish_reason.value,
+        "num_prompt_tokens": output.num_prompt_tokens, "num_output_tokens": output.num_output_tokens,
+        "num_cached_tokens": m.num_cached_tokens, "ttft_s": m.ttft_s, "tpot_s": m.tpot_s(output.num_output_tokens),
+        "e2e_s": m.e2e_s,
+    }
+
+
+def _emit_delta(index: int, prompt: str, output, json_out: bool) -> None:
+    if json_out:
+        delta = {"index": index, "delta_text": output.delta_text, "delta_token_ids": list(output.delta_token_ids),
+                 "finished": output.finished}
+        _print_line({**request_json(index, prompt, output), **delta} if output.finished else delta)
+        return
+    sys.stdout.write(output.delta_text + ("\n" if output.finished else ""))
+    sys.stdout.flush()
+
+
+def _header(index: int, prompt: str) -> str:
+    return f"--- [{index}] {prompt}"
+
+
+def _print_text(index: int, prompt: str, text: str, count: int) -> None:
+    if count > 1:
+        print(_header(index, prompt))
+    print(text, flush=True)
+
+
+def _print_line(data: dict) -> None:
+    print(json.dumps(data, ensure_ascii=False), flush=True)
+
+
+def _report(report) -> None:
+    print(report, file=sys.stderr, flush=True)
+
+
+def _summary(outputs: list, wall_s: float) -> None:
+    tokens = sum(o.num_output_tokens for o in outputs)
+    print(f"{len(outputs)} request(s), {tokens} output tokens in {wall_s:.2f}s "
+          f"({tokens / wall_s if wall_s else 0:.1f} tokens/s)", file=sys.stderr, flush=True)

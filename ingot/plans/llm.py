@@ -1,0 +1,72 @@
+"""The manifest's `llm` section: what a paged causal-LM plan is and the limits it was built for.
+
+Shared by the builder (which writes it) and the runtime (which obeys it), so the names of
+the plan's inputs and outputs live here too.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# The contract's attention node.
+DOMAIN, OP_TYPE = "ingot", "PagedAttention"
+# Graph inputs of every paged plan (packed batch of T tokens, N logits rows).
+INPUT_IDS, POSITIONS, LOGITS_INDICES = "input_ids", "positions", "logits_indices"
+LOGITS = "logits"
+# The contract's attention metadata; a cpu lowering replaces it with the ATTN_* inputs.
+SLOT_MAPPING, BLOCK_TABLES, CONTEXT_LENS, QUERY_START_LOC = "slot_mapping", "block_tables", "context_lens", "query_start_loc"
+# KV caches are [kv_heads, num_blocks, block_size, head_dim] per layer: a block of one head is contiguous,
+# and gathering a sequence's blocks gives [kv_heads, B, tokens, head_dim] with no transpose.
+# cpu lowering "gather-v1": per step, computed by the runtime from the block tables.
+ATTN_QUERY_INDEX = "attn.query_index"  # [B, S] int64: packed row of each sequence's i-th new token (pad 0)
+ATTN_PAST_BLOCKS = "attn.past_blocks"  # [B, MB] int64: blocks holding each sequence's past tokens (pad 0)
+ATTN_BIAS = "attn.bias"  # [1, B, G * S, MB * block + S] float32: 0 where query i may attend key j, else -inf;
+# rows g * S + i for each of the G = num_heads / num_kv_heads query heads of a KV head
+ATTN_OUT_INDEX = "attn.out_index"  # [T] int64: row b * S + i of each packed token
+
+
+def key_cache(layer: int) -> str:
+    return f"key_cache.{layer}"
+
+
+def value_cache(layer: int) -> str:
+    return f"value_cache.{layer}"
+
+
+def present_key(layer: int) -> str:
+    """cpu lowering output: the new tokens' keys [T, kv_heads, head_dim], written by the runtime."""
+    return f"present.{layer}.key"
+
+
+def present_value(layer: int) -> str:
+    return f"present.{layer}.value"
+
+
+class LLMInfo(BaseModel):
+    """A paged causal-LM plan: model shape, KV layout and the build limits the runtime obeys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layout: str = Field("paged-v1", description="plan contract: packed tokens + ingot.PagedAttention")
+    num_layers: int = Field(ge=1)
+    num_heads: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+    vocab_size: int = Field(ge=1)
+    kv_dtype: str = "float32"
+    kv_block_size: int = Field(ge=1, description="tokens per KV block")
+    max_num_tokens: int = Field(ge=1, description="tokens per step (the token budget)")
+    max_num_seqs: int = Field(ge=1, description="sequences per step")
+    max_model_len: int = Field(ge=1, description="prompt + output tokens of one sequence")
+    eos_token_ids: list[int] = Field(default_factory=list)
+    bos_token_id: int | None = None
+    add_bos: bool = False
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        itemsize = {"float32": 4, "float16": 2}[self.kv_dtype]
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
+
+    @property
+    def kv_bytes_per_block(self) -> int:
+        return self.kv_bytes_per_token * self.kv_block_size

@@ -1,0 +1,80 @@
+"""The paged KV pool: one numpy array, viewed per layer as the plan's cache inputs.
+
+ONNX Runtime reads numpy inputs without copying them (research/feasibility.md §2e), so the
+pool is fed as it is every step; the new tokens' K/V come back as plan outputs and are
+written here at their slots, in place.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ingot.plans import llm as names
+from ingot.plans.llm import LLMInfo
+from ingot.runtime.errors import RunError
+
+DEFAULT_FRACTION = 0.25  # of available memory, when --kv-cache-memory is not given
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (Linux MemAvailable; else physical)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def num_blocks_for(info: LLMInfo, kv_cache_memory: int | float | None) -> int:
+    """Blocks that fit `kv_cache_memory` (bytes, or a fraction (0, 1] of available memory).
+
+    By default: what max_num_seqs full-length sequences need, capped at a quarter of the
+    available memory. Fails if not even one max_model_len sequence fits.
+    """
+    per_block = info.kv_bytes_per_block
+    need = info.max_num_seqs * -(-info.max_model_len // info.kv_block_size)
+    if kv_cache_memory is None:
+        blocks = min(need, int(available_memory() * DEFAULT_FRACTION) // per_block)
+    elif 0 < kv_cache_memory <= 1 and isinstance(kv_cache_memory, float):
+        blocks = int(available_memory() * kv_cache_memory) // per_block
+    else:
+        blocks = int(kv_cache_memory) // per_block
+    minimum = -(-info.max_model_len // info.kv_block_size)
+    if blocks < minimum:
+        raise RunError(
+            f"KV cache of {blocks} blocks ({blocks * per_block} bytes) holds fewer tokens than max_model_len "
+            f"{info.max_model_len}; give --kv-cache-memory at least {minimum * per_block} bytes"
+        )
+    return blocks
+
+
+class KVCache:
+    def __init__(self, info: LLMInfo, num_blocks: int):
+        shape = (info.num_layers, 2, info.num_kv_heads, num_blocks, info.kv_block_size, info.head_dim)
+        self.info, self.num_blocks = info, num_blocks
+        self.pool = np.zeros(shape, dtype=np.float32)
+        self.feeds = {name: self.pool[layer, kv] for layer in range(info.num_layers)
+                      for kv, name in ((0, names.key_cache(layer)), (1, names.value_cache(layer)))}
+
+    @property
+    def nbytes(self) -> int:
+        return self.pool.nbytes
+
+    @property
+    def max_tokens(self) -> int:
+        return self.num_blocks * self.info.kv_block_size
+
+    def write(self, slot_mapping: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """Store the step's new K/V (`present.L.key/value`, [T, kv_heads, dim]) at their slots."""
+        block, offset = np.divmod(slot_mapping, self.info.kv_block_size)
+        for layer in range(self.info.num_layers):  # pool[layer, k|v, head, block, offset] = row
+            self.pool[layer, 0, :, block, offset] = outputs[names.present_key(layer)]
+            self.pool[layer, 1, :, block, offset] = outputs[names.present_value(layer)]
+
+
+def scratch_feeds(info: LLMInfo) -> dict[str, np.ndarray]:
+    """One-block caches for steps with no past (prefill from scratch): never read."""
+    return KVCache(info, 1).feeds

@@ -1,0 +1,85 @@
+"""`ModelRunner`: executes a scheduler step on a paged plan and keeps the KV pool.
+
+execute(step) = pack the scheduled sequences into one ragged batch → the cpu attention
+inputs → run the plan over the pool → write the new K/V at their slots → the logits of the
+sequences that sample.
+# READY
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ingot.plans import llm as names
+from ingot.plans.llm import LLMInfo
+from ingot.runtime.errors import RunError
+from ingot.runtime.llm.batch import PackedBatch, cpu_attention_inputs, pack
+from ingot.runtime.llm.kv_cache import KVCache, num_blocks_for
+from ingot.runtime.llm.scheduler_output import SchedulerOutput
+
+
+class ModelRunner:
+    def __init__(self, bundle: str | Path, *, kv_cache_memory: int | float | None = None, target: str | None = None,
+                 threads: int | None = None):
+        from ingot.runtime.model import load
+
+        self.model = load(Path(bundle), target, threads=threads)
+        info = self.model.manifest.llm
+        if info is None:
+            raise RunError(f"{self.model.manifest.model.id} is not an LLM plan (kind {self.model.manifest.model.kind}); "
+                           "generation needs a causal LM built by this version of ingot")
+        if self.model.tokenizer is None:
+            raise RunError(f"{self.model.manifest.model.id} has no tokenizer; generation needs one")
+        self.info: LLMInfo = info
+        self.num_blocks = num_blocks_for(info, kv_cache_memory)
+        self.kv = KVCache(info, self.num_blocks)
+        self.tokenizer = self.model.tokenizer
+        self.chat_template = _chat_template(self.model.bundle.root)
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.kv.nbytes
+
+    @property
+    def max_cached_tokens(self) -> int:
+        return self.kv.max_tokens
+
+    def execute(self, out: SchedulerOutput) -> np.ndarray:
+        """Run one step; float32 logits [len(out.sampling), vocab] in `out.sampling` order."""
+        assert not out.is_empty
+        assert out.num_tokens <= self.info.max_num_tokens and out.num_seqs <= self.info.max_num_seqs, out
+        seqs = out.sequences
+        batch = pack([s.token_ids for s in seqs], [s.num_computed_tokens for s in seqs],
+                     [s.block_table for s in seqs], self.info.kv_block_size,
+                     [[s.num_new_tokens - 1] if s.samples else [] for s in seqs])
+        assert np.array_equal(batch.slot_mapping, np.concatenate([s.slot_mapping for s in seqs])), "slot mismatch"
+        return self.forward(batch)
+
+    def forward(self, batch: PackedBatch) -> np.ndarray:
+        feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
+                 names.LOGITS_INDICES: batch.logits_indices}
+        feeds |= cpu_attention_inputs(batch, self.info) | self.kv.feeds
+        outputs = self.model.backend.run(feeds)
+        self.kv.write(batch.slot_mapping, outputs)
+        return outputs[names.LOGITS]
+
+    def report(self) -> dict[str, int]:
+        """What the KV pool holds (printed at load)."""
+        return {"kv_blocks": self.num_blocks, "kv_block_size": self.info.kv_block_size,
+                "kv_cache_bytes": self.kv_cache_bytes, "max_cached_tokens": self.max_cached_tokens,
+                "max_model_len": self.info.max_model_len, "max_num_seqs": self.info.max_num_seqs,
+                "max_num_tokens": self.info.max_num_tokens}
+
+
+def _chat_template(root: Path) -> str | None:
+    folder = root / "tokenizer"
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None

@@ -1,0 +1,110 @@
+"""Ingot vs its peers on one workload, in one run: SmolLM2-135M, N requests of P prompt tokens
+(real Shakespeare windows) and G greedy output tokens (EOS ignored).
+
+    .venv/bin/python scripts/bench_llm.py BUNDLE [--num-requests 32 --prompt-len 128 --output-len 64]
+        [--concurrency 1,16] [--peers ortgenai,transformers] [--max-num-tokens 256] [--prefix 512]
+
+Ingot: the in-flight batcher with at most C requests in flight (a new one starts when one
+finishes). Peers (scripts/peers.py): static batches of C. TTFT is measured from a request's
+submission (Ingot) or its batch's start (peers). Prints one JSON line per run, then ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_llm_peers import parse_concurrency, run_peers  # noqa: E402
+from peers import DEFAULT_CACHE, workload  # noqa: E402
+
+from ingot.runtime.llm.bench import BenchConfig, run_bench  # noqa: E402
+from ingot.runtime.llm.engine import LLMEngine  # noqa: E402
+from ingot.runtime.llm.model_runner import ModelRunner  # noqa: E402
+
+
+def ingot_run(bundle: Path, prompts, output_len: int, concurrency: int, budget: int | None, threads: int) -> dict:
+    engine = LLMEngine(ModelRunner(bundle, kv_cache_memory=1 << 30, threads=threads), max_num_tokens=budget)
+    cfg = BenchConfig(num_requests=len(prompts), prompt_len=len(prompts[0]), output_len=output_len,
+                      concurrency=concurrency)
+    r = run_bench(engine, cfg, prompts)
+    return {"peer": "ingot", **r.model_dump(include={"concurrency", "num_requests", "prompt_len", "output_len",
+            "output_tokens_per_s", "ttft_p50_s", "ttft_p90_s", "tpot_p50_s", "wall_s", "preemptions"}),
+            "max_num_tokens": engine.config.max_num_tokens}
+
+
+def prefix_run(bundle: Path, prompts, prefix: int, threads: int) -> dict:
+    """TTFT of a request whose first `prefix` tokens are cached, against the same request cold."""
+    engine = LLMEngine(ModelRunner(bundle, kv_cache_memory=1 << 30, threads=threads))
+    stream = [t for p in prompts for t in p]
+    shared, tails = stream[:prefix], [stream[prefix + i * 16: prefix + (i + 1) * 16] for i in (0, 1)]
+    ttft = []
+    for i, tail in enumerate(tails):  # cold, then warm (same prefix, different tail)
+        engine.add_request(f"p{i}", shared + tail, _params())
+        while engine.has_unfinished():
+            out = engine.step()
+        ttft.append(out[-1].metrics.ttft_s)
+    return {"peer": "ingot-prefix", "prefix_len": prefix, "cold_ttft_s": ttft[0], "warm_ttft_s": ttft[1],
+            "warm_over_cold": ttft[1] / ttft[0]}
+
+
+def _params():
+    from ingot.runtime.llm.sampling import SamplingParams
+
+    return SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--num-requests", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--output-len", type=int, default=64)
+    ap.add_argument("--concurrency", action="append")
+    ap.add_argument("--peers", default="ortgenai,transformers")
+    ap.add_argument("--max-num-tokens", type=int, default=None, help="Ingot's token budget per step")
+    ap.add_argument("--prefix", type=int, default=512, help="prefix-cache check: shared prefix length (0: skip)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    concurrency = parse_concurrency(args.concurrency or ["1,16"])
+    prompts = workload(args.num_requests, args.prompt_len, cache=DEFAULT_CACHE)
+    rows: list[dict] = []
+
+    def show(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    for c in concurrency:
+        show(ingot_run(args.bundle, prompts, args.output_len, c, args.max_num_tokens, args.threads))
+    peers = tuple(p for p in args.peers.split(",") if p)
+    if peers:
+        run_peers(prompts, args.output_len, concurrency, peers, args.threads, DEFAULT_CACHE, [], on_row=show)
+    if args.prefix:
+        show(prefix_run(args.bundle, prompts, args.prefix, args.threads))
+    print(json.dumps({"ratios": ratios(rows)}), flush=True)
+
+
+def ratios(rows: list[dict]) -> dict:
+    by = {(r["peer"], r.get("concurrency")): r for r in rows}
+    out = {}
+    for (peer, c), r in by.items():
+        if peer in ("ingot", "ingot-prefix"):
+            continue
+        mine = by.get(("ingot", c))
+        if mine:
+            out[f"ingot/{peer} tok/s @C={c}"] = mine["output_tokens_per_s"] / r["output_tokens_per_s"]
+            out[f"ingot/{peer} ttft_p50 @C={c}"] = mine["ttft_p50_s"] / r["ttft_p50_s"]
+    cs = sorted(c for p, c in by if p == "ingot")
+    if len(cs) > 1:
+        out[f"ingot tok/s C={cs[-1]} / C={cs[0]}"] = by[("ingot", cs[-1])]["output_tokens_per_s"] / by[("ingot", cs[0])]["output_tokens_per_s"]
+    return out
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    main()
+    print(f"total runtime {time.perf_counter() - started:.0f} s", file=sys.stderr)

@@ -1,0 +1,121 @@
+"""Paged causal-LM plans: the contract graph, its cpu lowering, and the packed step inputs."""
+
+import numpy as np
+import pytest
+
+from ingot.plans import llm as names
+from ingot.plans import open_bundle
+from ingot.plans.llm import LLMInfo
+from ingot.runtime.llm.batch import cpu_attention_inputs, pack
+from ingot.runtime.llm.model_runner import ModelRunner
+from tests.conftest import assert_user_error, built, ingot
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype="float32").eval()
+
+
+@pytest.fixture(scope="module")
+def contract(hf):
+    from ingot.builder.paged import export_paged
+
+    return export_paged(hf, opset=21, block_size=4)
+
+
+def info(**kw) -> LLMInfo:
+    base = dict(num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, vocab_size=10, kv_block_size=4,
+                max_num_tokens=64, max_num_seqs=4, max_model_len=32)
+    return LLMInfo(**base | kw)
+
+
+def test_contract_has_one_paged_attention_node_per_layer(contract, hf):
+    nodes = [n for n in contract.graph.node if n.domain == names.DOMAIN]
+    assert [n.op_type for n in nodes] == [names.OP_TYPE] * hf.config.num_hidden_layers
+    attrs = {a.name for a in nodes[0].attribute}
+    assert attrs == {"num_heads", "num_kv_heads", "scale"}
+    inputs = [i.name for i in contract.graph.input]
+    assert inputs[:7] == ["input_ids", "positions", "logits_indices", "slot_mapping", "block_tables", "context_lens",
+                          "query_start_loc"]
+    assert {"key_cache.0", "value_cache.1"} <= set(inputs) and [o.name for o in contract.graph.output] == ["logits"]
+    assert any(n.name == "model.layers.0.mlp.up_proj/MatMul" for n in contract.graph.node)  # quantization's names
+
+
+def test_cpu_lowering_matches_torch_reading_the_cache(contract, hf):
+    from ingot.builder.cpu import ort_runner
+    from ingot.builder.llm import check_paged
+    from ingot.builder.lower_cpu import lower_paged_attention
+    from ingot.builder.paged import llm_info
+
+    lowered = lower_paged_attention(contract)
+    assert not [n for n in lowered.graph.node if n.domain == names.DOMAIN]
+    assert {o.name for o in lowered.graph.output} >= {names.present_key(1), names.present_value(0)}
+    limits = dict(max_model_len=64, max_num_tokens=64, max_num_seqs=4, kv_block_size=4)
+    err = check_paged(ort_runner(lowered.SerializeToString(), {}), hf, llm_info(hf, limits, None), 1e-5, 1e-4)
+    assert err < 1e-5  # GQA (4 heads, 2 KV heads), past spread over two blocks, a prefill beside it
+
+
+def test_pack_lays_out_a_ragged_step():
+    b = pack([[7, 8, 9], [5]], past_lens=[0, 6], block_tables=[[3], [1, 4]], block_size=4, logits_rows=[[2], [0]])
+    assert b.input_ids.tolist() == [7, 8, 9, 5] and b.positions.tolist() == [0, 1, 2, 6]
+    assert b.slot_mapping.tolist() == [12, 13, 14, 18]  # block 3 offsets 0..2; block 4 offset 2
+    assert b.logits_indices.tolist() == [2, 3] and b.query_start_loc.tolist() == [0, 3, 4]
+    assert b.context_lens.tolist() == [3, 7] and b.block_tables.tolist() == [[3, 0], [1, 4]]
+
+
+def test_cpu_attention_inputs_mask_padding_and_the_future():
+    b = pack([[7, 8, 9], [5]], past_lens=[0, 6], block_tables=[[3], [1, 4]], block_size=4, logits_rows=[[2], [0]])
+    feeds = cpu_attention_inputs(b, info())
+    assert feeds[names.ATTN_QUERY_INDEX].tolist() == [[0, 1, 2], [3, 3, 3]]
+    assert feeds[names.ATTN_PAST_BLOCKS].tolist() == [[0, 0], [1, 4]]  # 6 past tokens: two blocks
+    assert feeds[names.ATTN_OUT_INDEX].tolist() == [0, 1, 2, 3]
+    bias = feeds[names.ATTN_BIAS]
+    assert bias.shape == (1, 2, 2 * 3, 8 + 3)  # 2 query heads per KV head, 3 rows each; 8 past + 3 new keys
+    ok = np.isfinite(bias[0])
+    assert not ok[0, 0, :8].any() and ok[0, 2, 8:].all() and ok[0, 0, 8:].tolist() == [True, False, False]
+    assert ok[1, 0, :8].tolist() == [True] * 6 + [False] * 2 and ok[1, 0, 8:].tolist() == [True, False, False]
+    assert np.array_equal(ok[:, :3], ok[:, 3:])  # the two query heads of a group see the same keys
+
+
+def test_runner_decodes_through_the_cache_like_a_full_forward(llama_bundle, hf):
+    import torch
+
+    runner = ModelRunner(llama_bundle, kv_cache_memory=1 << 20)
+    tokens = [1, 57, 23, 99, 4, 18, 77, 3, 250, 41, 9, 12, 60]  # twice: 26 tokens over two blocks of 16
+    with torch.no_grad():
+        want = hf(torch.tensor([tokens * 2])).logits[0].numpy()
+    table, seq = [5, 2, 7], tokens * 2
+    got = [runner.forward(pack([seq[:9]], [0], [table], 16, [[8]]))[0]]
+    for p in range(9, len(seq)):  # one token at a time, every earlier K/V read from the pool
+        got.append(runner.forward(pack([[seq[p]]], [p], [table], 16, [[0]]))[0])
+    assert np.abs(np.array(got) - want[8:]).max() < 1e-4
+
+
+def test_manifest_records_the_limits_and_the_runtime_obeys_them(llama_bundle):
+    m = open_bundle(llama_bundle).manifest
+    assert (m.llm.max_num_tokens, m.llm.max_num_seqs, m.llm.kv_block_size) == (2048, 32, 16)
+    assert m.llm.max_model_len == 256 and m.llm.eos_token_ids == [1]  # the tiny model's 256 positions
+    runner = ModelRunner(llama_bundle, kv_cache_memory=1 << 20)
+    assert runner.report()["max_cached_tokens"] == runner.num_blocks * 16
+    assert runner.num_blocks == (1 << 20) // m.llm.kv_bytes_per_block
+
+
+def test_kv_cache_smaller_than_one_sequence_is_refused(llama_bundle):
+    from ingot.runtime.errors import RunError
+
+    with pytest.raises(RunError, match="holds fewer tokens than max_model_len 256"):
+        ModelRunner(llama_bundle, kv_cache_memory=4096)
+
+
+def test_build_limits_and_layout(tiny_llama_dir, tmp_path):
+    out = built(tiny_llama_dir, tmp_path / "small", "--max-model-len", "64", "--max-num-seqs", "4",
+                "--kv-block-size", "8", "--max-num-tokens", "128")
+    llm = open_bundle(out).manifest.llm
+    assert (llm.max_model_len, llm.max_num_seqs, llm.kv_block_size, llm.max_num_tokens) == (64, 4, 8, 128)
+    dense = built(tiny_llama_dir, tmp_path / "dense", "--layout", "dense")
+    assert open_bundle(dense).manifest.llm is None
+    assert_user_error(ingot("build", tiny_llama_dir, "-o", tmp_path / "x", "--max-model-len", "100000"),
+                      "--max-model-len 100000: the model has 256 positions")
+    assert not (tmp_path / "x").exists()
