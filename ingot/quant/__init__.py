@@ -14,14 +14,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ingot.quant.errors import QuantError
-from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer
+from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, SmoothChoice
 from ingot.quant.spec import QuantSpec
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-__all__ = ["AwqChoice", "QuantError", "QuantReport", "QuantSpec", "SkippedLayer", "quantize"]
+__all__ = ["AwqChoice", "QuantError", "QuantReport", "QuantSpec", "SkippedLayer", "SmoothChoice", "quantize"]
 
 
 def quantize(
@@ -40,16 +40,19 @@ def quantize(
         from ingot.quant.int4 import quantize_int4
 
         return quantize_int4(model, spec)
-    from ingot.quant.calibrate import calibrate
+    from ingot.quant.calibrate import MAX_VALUES, calibrate
 
     if spec.scheme == "int4-awq":
         from ingot.quant.int4 import awq_activations, quantize_int4
 
-        stats = calibrate(model, calib_feeds, awq_activations(model, spec))
+        stats = calibrate(model, calib_feeds, awq_activations(model, spec), max_rows=spec.search_rows, max_values=0)
         qmodel, report = quantize_int4(model, spec, stats)
     else:
         from ingot.quant.fp8 import fp8_activations, quantize_fp8
 
-        stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=0)
+        # rows for the smoothing search (max calibration only), |x| values for percentiles
+        percentile = spec.calib_method == "percentile"
+        rows, values = (0, MAX_VALUES) if percentile else (spec.search_rows if spec.smooth else 0, 0)
+        stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=rows, max_values=values)
         qmodel, report = quantize_fp8(model, spec, stats)
     return qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)})

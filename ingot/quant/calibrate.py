@@ -25,6 +25,7 @@ class TensorStats:
     absmax: float  # max |x|, exact
     abs_sample: np.ndarray  # (<= MAX_VALUES,) float32 sample of |x|
     channel_mean_abs: np.ndarray  # (C,) mean |x| per channel over every row, exact
+    channel_absmax: np.ndarray  # (C,) max |x| per channel over every row, exact
     rows: np.ndarray  # (<= max_rows, C) float32 sample of rows
     count: int  # rows seen
 
@@ -84,6 +85,7 @@ class _Accumulator:
     def __init__(self, max_rows: int, max_values: int):
         self.absmax = 0.0
         self.sum_abs: np.ndarray | None = None  # (C,) float64
+        self.max_abs: np.ndarray | None = None  # (C,) float32
         self.count = 0
         self.rows = _Reservoir(max_rows)
         self.values = _Reservoir(max_values)
@@ -96,6 +98,8 @@ class _Accumulator:
         self.absmax = max(self.absmax, float(a.max()))
         sums = a.sum(axis=0, dtype=np.float64)
         self.sum_abs = sums if self.sum_abs is None else self.sum_abs + sums
+        peak = a.max(axis=0)
+        self.max_abs = peak if self.max_abs is None else np.maximum(self.max_abs, peak)
         self.count += rows.shape[0]
         self.rows.add(rows, rng)
         self.values.add(a.ravel(), rng)
@@ -106,6 +110,7 @@ class _Accumulator:
             absmax=self.absmax,
             abs_sample=self.values.items(),
             channel_mean_abs=(self.sum_abs / self.count).astype(np.float32),
+            channel_absmax=self.max_abs,
             rows=self.rows.items(),
             count=self.count,
         )
@@ -133,8 +138,10 @@ class _Reservoir:
         keys = rng.random(len(batch)) ** (1.0 / weight)
         keys = np.concatenate([self.keys, keys])
         data = batch if self.data is None else np.concatenate([self.data, batch])
-        keep = np.argsort(-keys, kind="stable")[: self.size]
-        self.keys, self.data = keys[keep], data[keep]
+        if len(keys) > self.size:  # the `size` largest keys, in no particular order
+            keep = np.argpartition(-keys, self.size - 1)[: self.size]
+            keys, data = keys[keep], data[keep]
+        self.keys, self.data = keys, data
 
     def items(self) -> np.ndarray:
         return self.data if self.data is not None else np.empty(0, np.float32)

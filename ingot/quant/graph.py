@@ -81,6 +81,13 @@ class GraphEditor:
         self._names.add(name)
         return name
 
+    def set_array(self, name: str, value: np.ndarray) -> None:
+        """Replace initializer `name`'s value in place (same name, shape and dtype): for folds
+        into a weight that later passes still read by name."""
+        old = self.array(name)
+        assert value.shape == old.shape and value.dtype == old.dtype, (name, value.shape, old.shape)
+        self.inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+
     def add_initializer(self, base: str, value: np.ndarray) -> str:
         name = self.unique(base)
         tensor = numpy_helper.from_array(np.asarray(value), name)

@@ -3,7 +3,9 @@
     W [K, N] float  ──▶  q [K, N] int4 ─┐
                          scale [K/bs, N] ┴─ DequantizeLinear(axis=0, block_size=bs) ─▶ MatMul
 
-Symmetric, no zero point (TensorRT requires zero point 0). ONNX Runtime fuses the pair
+Symmetric, no zero point (TensorRT requires zero point 0). int4-awq first rescales each
+group of layers sharing X (awq.py, 1/s moved onto X by scaling.py) and clips the scaled
+weights per (block, output channel) (clip.py); the clipped weights are then RTN-quantized. ONNX Runtime fuses the pair
 into `com.microsoft.MatMulNBits` at ENABLE_EXTENDED and above, which is the CPU speed path.
 
 A weight whose K is not a multiple of the block size (SmolLM2's hidden size 576 at block
@@ -22,11 +24,13 @@ import onnx
 
 from ingot.quant import awq
 from ingot.quant.calibrate import TensorStats
+from ingot.quant.clip import ClipResult, clip_ratios, search_clip
 from ingot.quant.errors import QuantError
 from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
 from ingot.quant.primitives import int4_quantize, padded_k
 from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, skip_warnings
+from ingot.quant.scaling import move_inverse, shared_weights
 from ingot.quant.spec import QuantSpec
 
 MIN_OPSET = 21  # DequantizeLinear's block_size and INT4 type
@@ -59,8 +63,8 @@ def quantize_int4(
     model = prepared_copy(model, MIN_OPSET)
     layers, skipped = int4_layers(model, spec)
     edit = GraphEditor(model)
-    scales, choices = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [])
-    before, after = _quantize_weights(edit, layers, scales, spec.block_size)
+    prepared, choices = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [])
+    before, after = _quantize_weights(edit, layers, prepared, spec.block_size)
     padded = _pad_activations(edit, layers, spec.block_size)
     edit.finish()
     report = QuantReport(
@@ -74,15 +78,14 @@ def quantize_int4(
 
 
 def _quantize_weights(
-    edit: GraphEditor, layers: list[Layer], scales: dict[str, np.ndarray], block_size: int
+    edit: GraphEditor, layers: list[Layer], prepared: dict[str, np.ndarray], block_size: int
 ) -> tuple[int, int]:
-    """Each weight once (AWQ: W * s): int4 + scale → DequantizeLinear, read by all its layers.
-    Returns bytes (float before, packed int4 + scales after)."""
+    """Each weight once (AWQ: the scaled, clipped `prepared` W): int4 + scale → DequantizeLinear,
+    read by all its layers. Returns bytes (float before, packed int4 + scales after)."""
     before = after = 0
     for weight, users in _by_weight(layers).items():
         w = edit.array(weight)
-        s = scales.get(users[0].activation)
-        q, scale = int4_quantize(w if s is None else (w * s[:, None]).astype(w.dtype), block_size)
+        q, scale = int4_quantize(prepared.get(weight, w), block_size)
         dq = edit.insert(
             users[0].index, "DequantizeLinear",
             [edit.add_initializer(f"{weight}_int4", q), edit.add_initializer(f"{weight}_scale", scale)],
@@ -126,71 +129,55 @@ def _by_weight(layers: list[Layer]) -> dict[str, list[Layer]]:
 def _apply_awq(
     edit: GraphEditor, layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats] | None
 ) -> tuple[dict[str, np.ndarray], list[AwqChoice]]:
-    """Search a scale per activation group and move 1/s onto X; returns {X: s} for the weights."""
+    """Per activation group: search a scale, move 1/s onto X, clip the scaled weights.
+    Returns {weight: the float [K, N] array to RTN-quantize} and what was chosen.
+
+    Groups go last to first: a fold rescales a weight upstream of its X (down_proj's 1/s
+    into up_proj's columns), so every group is searched on its final weights."""
     assert stats is not None
-    scales, choices = {}, []
     groups = by_activation(layers)
-    shared = _shared_weights(groups)
-    for x, group in groups.items():
-        weights = [edit.array(layer.weight) for layer in group]
-        st = stats[x]
-        alphas = [0.0] if shared & {layer.weight for layer in group} else spec.awq_alphas
-        result = awq.search(st.rows, st.channel_mean_abs, weights, spec.block_size, alphas)
-        scaling = "none"
-        if result.alpha > 0:  # X W = (X / s)(s W): 1/s moves onto X, s into the weights below
-            inv = (1.0 / result.scale).astype(weights[0].dtype)
-            scaling = "folded" if _fold(edit, x, group, inv) else "explicit"
-            if scaling == "explicit":
-                _explicit(edit, x, group, inv)
-            scales[x] = result.scale
-        choices.append(AwqChoice(
-            activation=x, layers=[layer.name for layer in group], alpha=result.alpha, scaling=scaling,
-            error_rtn=result.error_rtn, error_awq=result.error,
-        ))
-    return scales, choices
+    shared = shared_weights(groups)
+    prepared, choices = {}, []
+    for x, group in reversed(groups.items()):
+        if shared & {layer.weight for layer in group}:  # one scale per weight: plain RTN there
+            choices.append(AwqChoice(activation=x, layers=[layer.name for layer in group], alpha=0.0, scaling="none"))
+            continue
+        clipped, choice = _awq_group(edit, x, group, stats[x], spec)
+        prepared.update({name: c.weight for name, c in clipped.items()})
+        choices.append(choice)
+    return prepared, choices[::-1]
 
 
-def _shared_weights(groups: dict[str, list[Layer]]) -> set[str]:
-    """Weights read by layers of more than one group: one scale per weight, so AWQ is off there."""
-    seen: dict[str, str] = {}
-    shared = set()
-    for x, group in groups.items():
-        for layer in group:
-            if seen.setdefault(layer.weight, x) != x:
-                shared.add(layer.weight)
-    return shared
-
-
-def _fold(edit: GraphEditor, x: str, group: list[Layer], inv: np.ndarray) -> bool:
-    """Fold 1/s into X's producer when it is `Mul(y, c)` with a constant c that broadcasts
-    along X's last dim (the RMSNorm gamma) and X feeds only this group. True if folded."""
-    index = edit.producer(x)
-    if index is None or edit.is_output(x) or set(edit.consumers(x)) != {layer.index for layer in group}:
-        return False
-    node = edit.node(index)
-    if node.op_type != "Mul":
-        return False
-    slots = [i for i, name in enumerate(node.input) if name in edit.inits]
-    if len(slots) != 1:
-        return False
-    c = edit.array(node.input[slots[0]])
-    k = inv.shape[0]
-    if c.dtype.kind != "f" or c.size not in (1, k) or (c.size == k and c.shape[-1] != k):
-        return False
-    shape = (*c.shape[:-1], k) if c.ndim else (k,)
-    folded = (np.broadcast_to(c, shape).astype(np.float32) * inv).astype(c.dtype)
-    old = node.input[slots[0]]
-    edit.set_input(index, slots[0], edit.add_initializer(f"{old}_awq", folded))
-    edit.retire(old)
-    return True
-
-
-def _explicit(edit: GraphEditor, x: str, group: list[Layer], inv: np.ndarray) -> None:
-    """Insert `Mul(X, 1/s)` before the group's first layer and feed the group from it."""
-    first = group[0]
-    scaled = edit.insert(
-        first.index, "Mul", [x, edit.add_initializer(f"{x}_awq_inv_scale", inv)], f"{x}_awq",
-        f"{scope(first.name)}/awq_Mul",
+def _awq_group(
+    edit: GraphEditor, x: str, group: list[Layer], st: TensorStats, spec: QuantSpec
+) -> tuple[dict[str, ClipResult], AwqChoice]:
+    """One group's scale (moved onto X when not 1: X W = (X / s)(s W)) and clipped weights."""
+    weights = [edit.array(layer.weight) for layer in group]  # after any fold into their columns
+    rows = awq.unit_rows(st.rows)
+    result = awq.search(rows, st.channel_mean_abs, weights, spec.block_size, spec.awq_alphas, spec.awq_duo)
+    scaling = "none"
+    if not np.all(result.scale == 1):
+        scaling = move_inverse(edit, x, group, (1.0 / result.scale).astype(weights[0].dtype), "awq")
+    clipped = _clip_group(edit, group, rows, result.scale, spec)
+    ratios = np.concatenate([c.ratio.ravel() for c in clipped.values()])
+    choice = AwqChoice(
+        activation=x, layers=[layer.name for layer in group], alpha=result.alpha, duo=result.duo,
+        scaling=scaling, error_rtn=result.error_rtn, error_awq=result.error,
+        # clip's errors are the same sums, rounded differently: equal to error_awq up to rounding at r = 1
+        error_clip=min(result.error, sum(c.error for c in clipped.values())),
+        clip_mean=float(ratios.mean()), clip_min=float(ratios.min()), clipped=float((ratios < 1).mean()),
     )
+    return clipped, choice
+
+
+def _clip_group(
+    edit: GraphEditor, group: list[Layer], rows: np.ndarray, s: np.ndarray, spec: QuantSpec
+) -> dict[str, ClipResult]:
+    """Clip search for each weight of a group, on the scaled problem (X / s, W * s); with
+    clipping off, ratio 1 only (the weights are just scaled)."""
+    ratios = clip_ratios(spec.clip_min, spec.clip_steps if spec.awq_clip else 1)
+    out = {}
     for layer in group:
-        edit.set_input(layer.index, 0, scaled)
+        w = edit.array(layer.weight)  # after any fold into its columns
+        out[layer.weight] = search_clip((w * s[:, None]).astype(w.dtype), rows / s, spec.block_size, ratios)
+    return out

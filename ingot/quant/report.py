@@ -23,9 +23,28 @@ class AwqChoice(_Frozen):
     activation: str  # the shared input tensor X
     layers: list[str]  # node names, e.g. the q/k/v projections
     alpha: float  # s = mean|X|^alpha per input channel; 0 = plain RTN
-    scaling: Literal["folded", "explicit", "none"]  # 1/s folded into X's producer, a new Mul, or alpha 0
-    error_rtn: float  # sum over layers of ||X W - X Q(W)||^2 on the calibration rows
-    error_awq: float  # the same with the chosen scale; <= error_rtn
+    duo: bool = False  # s = mean|X|^alpha / mean|W|^(1 - alpha) (AutoAWQ's duo scaling)
+    scaling: Literal["folded", "explicit", "none"]  # 1/s folded into X's producer, a new Mul, or s = 1
+    # sums over layers of ||X W - X Q(W)||^2 on the calibration rows scaled to unit norm
+    # (awq.unit_rows), W as quantized (after any fold of a later group's 1/s into its output
+    # columns); 0 for a group left alone
+    error_rtn: float = 0.0
+    error_awq: float = 0.0  # the same with the chosen scale; <= error_rtn
+    error_clip: float = 0.0  # the same after weight clipping; <= error_awq
+    clip_mean: float = 1.0  # mean clip ratio over the group's (block, output channel) entries
+    clip_min: float = 1.0  # smallest clip ratio chosen
+    clipped: float = 0.0  # share of (block, output channel) entries with a ratio < 1
+
+
+class SmoothChoice(_Frozen):
+    """FP8 smoothing for the layers that share one activation input (SmoothQuant)."""
+
+    activation: str  # the shared input tensor X
+    layers: list[str]  # node names
+    alpha: float | None  # s = max|X|^alpha / max|W|^(1 - alpha); None = no smoothing
+    scaling: Literal["folded", "explicit", "none"]  # 1/s folded into X's producer, a new Mul, or none
+    error_plain: float  # sum over layers of ||X W - Q8(X) Q8(W)||^2 on the calibration rows
+    error_smooth: float  # the same with X / s and s W; <= error_plain
 
 
 class QuantReport(_Frozen):
@@ -37,7 +56,8 @@ class QuantReport(_Frozen):
     warnings: list[str] = []
     awq: list[AwqChoice] = []
     padded: list[str] = []  # INT4: layers whose K was zero-padded to whole blocks (with a Pad on X)
-    activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor
+    activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor (X / s if smoothed)
+    smoothing: list[SmoothChoice] = []  # FP8: per activation group
     calib_samples: int = 0  # feed dicts used for calibration
     # ONNX Runtime session config entries recommended for the CPU target.
     session_config: dict[str, str] = {}

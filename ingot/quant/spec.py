@@ -29,12 +29,36 @@ class QuantSpec(BaseModel):
     exclude: list[str] = []
     calib_method: Literal["max", "percentile"] = "max"  # FP8 activation amax
     percentile: float = Field(99.99, gt=0.0, le=100.0)
+    # FP8 SmoothQuant: s = max|X|^alpha / max|W|^(1 - alpha) per input channel, alpha (or none)
+    # searched per layer group on the calibration rows; max calibration only. Off by default:
+    # on SmolLM2-135M (4 Hamlet windows) it gained only where massive activations are (+4.1%
+    # -> +3.4% perplexity), and those layers stay float anyway (massive_ratio: +2.5%; with
+    # smoothing as well +2.6%, for ~90 CPU-seconds of search)
+    smooth: bool = False
+    smooth_alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 11)])
     # ONNX Runtime's MatMulNBits activation precision on CPU (0 = fp32, 4 = int8). Default 4:
     # it is ORT's own default and the fast path (feasibility §2a, 4096x4096: 0.15x fp32 time
     # at M=1 against 0.65x with level 0), and its extra error (~0.5% of the output's max at
     # K=4096) is well below INT4 weight rounding's. Use 0 when accuracy matters more.
     accuracy_level: int = Field(4, ge=0, le=4)
+    # AWQ scale search: s = mean|X|^alpha, and with awq_duo also / mean|W|^(1 - alpha)
     awq_alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
+    awq_duo: bool = False
+    # AWQ weight clipping: per (block, output channel) ratio of max|w|, `clip_steps` values
+    # from 1.0 down to `clip_min`, by the block's output error on the calibration rows. Off by
+    # default: it fits the calibration rows, and its held-out gain depends on them. SmolLM2,
+    # calibrated as `ingot build` does (32 windows over three plays), held-out Hamlet: +32.8%
+    # perplexity without clipping, +48.3% with (calibrated on the first 32 windows instead,
+    # clipping had helped: +21.7%)
+    awq_clip: bool = False
+    clip_min: float = Field(0.5, gt=0.0, le=1.0)
+    clip_steps: int = Field(10, ge=1, le=100)
+    # Calibration rows kept per activation for the AWQ and smoothing searches (their matmuls
+    # grow with it; on SmolLM2, 1024 rows gained nothing measurable over 512)
+    search_rows: int = Field(512, ge=1)
+    # FP8 mixed precision: layers whose input's max |x| is at least this many times the median
+    # channel's mean |x| (massive activations, outliers.py) stay in float; None: none
+    massive_ratio: float | None = Field(1000.0, gt=1.0)
 
     @field_validator("block_size")
     @classmethod
@@ -43,11 +67,11 @@ class QuantSpec(BaseModel):
             raise ValueError(f"block size must be a power of two >= 16, got {value}")
         return value
 
-    @field_validator("awq_alphas")
+    @field_validator("awq_alphas", "smooth_alphas")
     @classmethod
     def _unit_interval(cls, value: list[float]) -> list[float]:
         if not value or any(not 0.0 <= a <= 1.0 for a in value):
-            raise ValueError(f"AWQ alphas must be a non-empty list of values in [0, 1], got {value}")
+            raise ValueError(f"alphas must be a non-empty list of values in [0, 1], got {value}")
         return value
 
     @property

@@ -4,10 +4,10 @@ import pytest
 from onnx import helper
 
 from ingot.quant import QuantError, QuantSpec, quantize
-from ingot.quant.awq import awq_scale, search
+from ingot.quant.awq import _chunks, awq_scale, search, unit_rows, weight_mean
 from ingot.quant.calibrate import calibrate
 from ingot.quant.int4 import awq_activations, quantize_int4
-from ingot.quant.primitives import int4_quantize, int4_round_trip
+from ingot.quant.primitives import int4_dequantize, int4_quantize, int4_round_trip
 from tests.quant.util import initializer, make_model, ops, rel_rms, run
 
 BS = 32
@@ -15,7 +15,17 @@ BS = 32
 
 @pytest.fixture(scope="module")
 def awq_run(outlier_llama_onnx, calib_feeds):
-    spec = QuantSpec(scheme="int4-awq", block_size=BS)
+    """Every option on: duo scaling and clipping (the default is plain AWQ, see plain_awq_run)."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=True, awq_clip=True)
+    qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
+    stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
+    return qmodel, report, stats
+
+
+@pytest.fixture(scope="module")
+def plain_awq_run(outlier_llama_onnx, calib_feeds):
+    """AWQ as in the paper (s = mean|X|^alpha, no clipping; the default): the weights are exactly Q(W * s)."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=False, awq_clip=False)
     qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
     stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
     return qmodel, report, stats
@@ -55,16 +65,20 @@ def test_awq_is_never_worse_than_rtn_per_group(awq_run):
     _, report, stats = awq_run
     assert len(report.awq) == 8  # per layer: qkv, o, gate/up, down
     for choice in report.awq:
-        assert choice.error_awq <= choice.error_rtn, choice
+        assert choice.error_clip <= choice.error_awq <= choice.error_rtn, choice
+        assert 0.5 <= choice.clip_min <= choice.clip_mean <= 1.0 and 0.0 <= choice.clipped <= 1.0
     assert sum(c.error_awq for c in report.awq) < 0.9 * sum(c.error_rtn for c in report.awq)
+    assert sum(c.error_clip for c in report.awq) < 0.95 * sum(c.error_awq for c in report.awq)
+    assert any(c.clipped > 0 for c in report.awq)
 
 
 def test_reported_rtn_errors_are_real(awq_run, outlier_llama_onnx):
-    """Recompute each group's RTN error on the calibration rows from the float weights."""
+    """Recompute each group's RTN error on the calibration rows from the float weights
+    (but gate/up's: down_proj's 1/s is folded into up_proj's columns first, see scaling.py)."""
     _, report, stats = awq_run
     layers = {n.name: n for n in outlier_llama_onnx.graph.node}
-    for choice in report.awq:
-        x = stats[choice.activation].rows
+    for choice in (c for c in report.awq if not any("up_proj" in name for name in c.layers)):
+        x = unit_rows(stats[choice.activation].rows)  # as the search weighs them
         err = 0.0
         for name in choice.layers:
             w = initializer(outlier_llama_onnx, layers[name].input[1])
@@ -72,34 +86,47 @@ def test_reported_rtn_errors_are_real(awq_run, outlier_llama_onnx):
         assert choice.error_rtn == pytest.approx(err, rel=1e-4)
 
 
-def test_the_norm_gamma_absorbs_the_scale(awq_run, outlier_llama_onnx):
+def test_the_norm_gamma_absorbs_the_scale(plain_awq_run, outlier_llama_onnx):
     """q/k/v and gate/up read `Mul(normed, gamma)`: 1/s is folded into gamma, and the INT4
-    weights are Q(W * s) for s = mean|X|^alpha; o_proj and down_proj get an explicit Mul."""
-    qmodel, report, stats = awq_run
+    weights are Q(W * s) for s = mean|X|^alpha; down_proj's 1/s goes into up_proj's columns;
+    o_proj gets an explicit Mul."""
+    qmodel, report, stats = plain_awq_run
     by_first = {c.layers[0].split("/")[0].rsplit(".", 1)[1]: c for c in report.awq[:4]}
     assert set(by_first) == {"q_proj", "o_proj", "gate_proj", "down_proj"}
     for c in report.awq:
         proj = c.layers[0].split("/")[0].rsplit(".", 1)[1]
+        assert not c.duo and c.clipped == 0 and c.error_clip == pytest.approx(c.error_awq, rel=1e-5), c
         if proj in ("q_proj", "gate_proj"):
             assert c.alpha > 0 and c.scaling == "folded", c
             assert len(c.layers) == (3 if proj == "q_proj" else 2)
+        elif proj == "down_proj":
+            assert c.scaling == ("folded" if c.alpha > 0 else "none"), c
         else:
             assert c.scaling == ("explicit" if c.alpha > 0 else "none"), c
     float_nodes = {n.name: n for n in outlier_llama_onnx.graph.node}
     q_nodes = {n.name: n for n in qmodel.graph.node}
     produced = {n.output[0]: n for n in qmodel.graph.node}
-    for c in (c for c in report.awq if c.scaling == "folded"):
+    for c in (c for c in report.awq if c.scaling == "folded" and "down_proj" not in c.layers[0]):
         s = awq_scale(stats[c.activation].channel_mean_abs, c.alpha)
         norm = produced[c.activation]  # the same RMSNorm Mul, now with the folded gamma
         old = next(i for i in float_nodes[norm.name].input if i.endswith("norm.weight"))
         new = next(i for i in norm.input if i == f"{old}_awq")
         np.testing.assert_allclose(initializer(qmodel, new), initializer(outlier_llama_onnx, old) / s, rtol=1e-6)
-        for name in c.layers:
+        for name in (n for n in c.layers if "up_proj" not in n):  # up_proj's columns: below
             w = initializer(outlier_llama_onnx, float_nodes[name].input[1])
             dq = produced[q_nodes[name].input[1]]
             q, scale = int4_quantize((w * s[:, None]).astype(np.float32), BS)
             np.testing.assert_array_equal(initializer(qmodel, dq.input[0]).astype(np.int8), q.astype(np.int8))
             np.testing.assert_array_equal(initializer(qmodel, dq.input[1]), scale)
+    for gate_up, down in ((c, report.awq[i + 1]) for i, c in enumerate(report.awq) if "gate_proj" in c.layers[0]):
+        s_gu = awq_scale(stats[gate_up.activation].channel_mean_abs, gate_up.alpha)
+        s_down = awq_scale(stats[down.activation].channel_mean_abs, down.alpha)  # ones at alpha 0
+        up = next(n for n in gate_up.layers if "up_proj" in n)
+        w = initializer(outlier_llama_onnx, float_nodes[up].input[1])
+        dq = produced[q_nodes[up].input[1]]
+        got = int4_dequantize(initializer(qmodel, dq.input[0]), initializer(qmodel, dq.input[1]), BS)
+        want = int4_round_trip((w / s_down[None, :]) * s_gu[:, None], BS)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     explicit = [c for c in report.awq if c.scaling == "explicit"]
     muls = [n for n in ops(qmodel, "Mul") if n.name.endswith("/awq_Mul")]
     assert explicit and len(muls) == len(explicit)
@@ -169,3 +196,32 @@ def test_int4_awq_needs_stats():
 def test_graph_stays_valid(awq_run):
     qmodel, _, _ = awq_run
     onnx.checker.check_model(qmodel, full_check=True)
+
+
+def test_unit_rows_weigh_tokens_equally():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [3000.0, 0.0]], np.float32)
+    np.testing.assert_allclose(unit_rows(x), [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]])
+
+
+def test_search_picks_the_least_output_error_of_all_candidates():
+    """Every candidate (plain and duo, each alpha) recomputed one by one: the search's batched
+    errors give the same minimum."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((96, 48)) * rng.uniform(0.05, 4.0, 48)).astype(np.float32)
+    weights = [rng.standard_normal((48, 16)).astype(np.float32), rng.standard_normal((48, 8)).astype(np.float32)]
+    mean_abs, alphas = np.abs(x).mean(axis=0), [0.0, 0.25, 0.5, 0.75, 1.0]
+    result = search(x, mean_abs, weights, 16, alphas, duo=True)
+
+    def err(s):
+        return sum(float(np.sum((x @ w - (x / s) @ int4_round_trip(w * s[:, None], 16)) ** 2)) for w in weights)
+
+    w_mean = weight_mean(weights, 16)
+    errors = [err(awq_scale(mean_abs, a, wm)) for wm in (None, w_mean) for a in alphas]
+    assert result.error == pytest.approx(min(errors), rel=1e-4)
+    assert result.error_rtn == pytest.approx(errors[0], rel=1e-4) and result.error < result.error_rtn
+    assert result.error == pytest.approx(err(result.scale), rel=1e-4)
+
+
+def test_chunks_bound_the_batched_arrays():
+    assert _chunks(list(range(7)), per_scale=100, budget=350) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert _chunks([1, 2], per_scale=1000, budget=10) == [[1], [2]]  # at least one per run

@@ -5,11 +5,10 @@ no calibration window saw. Each quantized bundle is built from the fp32 bundle (
 a valid source), so the export is not repeated.
 
 Issue 3's SmolLM2 targets are INT4-AWQ (block 128) within +10% of fp32 and FP8 within +2%.
-They are NOT met yet (see BENCHMARKS.md: AWQ about +40%, FP8 +4.1%), nor is INT4 cosine >= 0.99
-on MiniLM (~0.91). The tests below assert what holds today (AWQ beats RTN, FP8 within 5%,
-INT4 size, FP8 MiniLM cosine >= 0.99, FP8 EfficientNet top-1 where fp32 is confident) as
-regression guards, and print
-the figures.
+They are NOT met yet (see BENCHMARKS.md; on this text AWQ +36%, RTN +59%, FP8 +4.2%), nor is
+INT4 cosine >= 0.99 on MiniLM (~0.91). The tests below assert what holds today (AWQ beats RTN
+and stays within +45%, FP8 within 5%, INT4 size, FP8 MiniLM cosine >= 0.99, FP8 EfficientNet
+top-1 where fp32 is confident) as regression guards, and print the figures.
 """
 
 import json
@@ -78,6 +77,7 @@ def test_smollm2_int4_awq_beats_rtn(smol):
     _, p = smol
     print(f"SmolLM2 held-out Hamlet perplexity: {p}")
     assert p["int4-awq"] < p["int4"]
+    assert p["int4-awq"] <= 1.45 * p["fp32"]  # measured +35.6% (RTN +58.8%)
 
 
 def test_smollm2_fp8_within_5pct(smol):
@@ -90,6 +90,18 @@ def test_smollm2_int4_bundle_size(smol):
     ratio = size(bundles["int4-awq"]) / size(bundles["fp32"])
     print(f"INT4 / fp32 bundle size: {ratio:.3f}")
     assert ratio <= 0.35
+
+
+def test_smollm2_fp8_keeps_massive_activation_layers_in_float(smol):
+    """The down_proj layers that read SmolLM2's massive activations (|x| up to ~3000) stay in
+    float, and the manifest says why (ingot/quant/outliers.py); every other layer is FP8."""
+    bundles, _ = smol
+    q = open_bundle(bundles["fp8"]).manifest.quantization
+    massive = {name for name, reason in q.layers_skipped.items() if "massive activations" in reason}
+    print(f"FP8 kept in float for massive activations: {sorted(massive)}")
+    assert massive and len(massive) <= 8 and all("down_proj" in name for name in massive)
+    assert "model.layers.11.mlp.down_proj/MatMul" in massive  # |x| ~ 3000
+    assert q.layers_quantized == 210 - len(massive)
 
 
 def test_smollm2_fp8_still_knows_paris(smol):
