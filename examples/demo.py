@@ -75,12 +75,17 @@ def smollm2() -> None:
     logits = np.load(OUT / "smollm2.npz")["logits"]
     tok = Tokenizer.from_file(str(bundle / "tokenizer" / "tokenizer.json"))
     print(f"{prompt!r} → next token {tok.decode([int(logits[0, -1].argmax())])!r}")
-    ingot("run", bundle, "--prompt", prompt, "--max-tokens", "16", "--stream", "--kv-cache-memory", "256MiB")
+    memory = ("--kv-cache-memory", "256MiB")
+    shown(ingot("run", bundle, "--prompt", prompt, "--max-tokens", "16", "--stream", *memory))
     prompts = OUT / "prompts.txt"
     prompts.write_text("To be, or not to be,\nThe three primary colors are\nWhat is the capital of Italy?\n")
-    ingot("run", bundle, "--prompts-file", prompts, "--max-tokens", "24", "--kv-cache-memory", "256MiB")
-    ingot("bench", bundle, "--num-requests", "8", "--prompt-len", "64", "--output-len", "16", "--concurrency", "4",
-          "--prefix-len", "32", "--kv-cache-memory", "256MiB")
+    shown(ingot("run", bundle, "--prompts-file", prompts, "--max-tokens", "24", *memory))
+    shown(ingot("bench", bundle, "--num-requests", "8", "--prompt-len", "64", "--output-len", "16", "--concurrency", "4",
+                "--prefix-len", "32", *memory))
+
+
+def shown(proc: subprocess.CompletedProcess) -> None:
+    print(proc.stdout, end="", flush=True)
 
 
 def corrupted() -> None:
@@ -96,7 +101,8 @@ def corrupted() -> None:
 
 
 if __name__ == "__main__":
-    OUT.mkdir(exist_ok=True)
+    shutil.rmtree(OUT, ignore_errors=True)  # the demo's own outputs, from an older run or version
+    OUT.mkdir()
     minilm()
     efficientnet()
     smollm2()
