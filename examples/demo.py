@@ -78,7 +78,7 @@ def smollm2() -> None:
     memory = ("--kv-cache-memory", "256MiB")
     shown(ingot("run", bundle, "--prompt", prompt, "--max-tokens", "16", "--stream", *memory))
     prompts = OUT / "prompts.txt"
-    prompts.write_text("To be, or not to be,\nThe three primary colors are\nWhat is the capital of Italy?\n")
+    prompts.write_text("To be, or not to be,\nThe three primary colors are\nThe capital of Italy is\n")
     shown(ingot("run", bundle, "--prompts-file", prompts, "--max-tokens", "24", *memory))
     shown(ingot("bench", bundle, "--num-requests", "8", "--prompt-len", "64", "--output-len", "16", "--concurrency", "4",
                 "--prefix-len", "32", *memory))
