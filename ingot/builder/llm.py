@@ -67,7 +67,7 @@ def check_paged(run, hf_model, info: LLMInfo, atol: float, rtol: float) -> float
 
     from ingot.builder.paged import PagedCausalLM, example_inputs
     from ingot.plans import llm as names
-    from ingot.runtime.llm.batch import PackedBatch, cpu_attention_inputs
+    from ingot.runtime.llm.batch import PackedBatch, plan_feeds
 
     wrapper = PagedCausalLM(hf_model).eval()
     ex = example_inputs(wrapper, info.kv_block_size)
@@ -75,8 +75,7 @@ def check_paged(run, hf_model, info: LLMInfo, atol: float, rtol: float) -> float
         ref = wrapper(**ex).double().numpy()
     batch = PackedBatch(**{k: ex[k].numpy() for k in ("input_ids", "positions", "slot_mapping", "logits_indices",
                                                       "query_start_loc", "context_lens", "block_tables")})
-    feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
-             names.LOGITS_INDICES: batch.logits_indices} | cpu_attention_inputs(batch, info)
+    feeds = plan_feeds(batch, info)
     for layer, (k, v) in enumerate(zip(ex["key_caches"], ex["value_caches"])):
         feeds[names.key_cache(layer)], feeds[names.value_cache(layer)] = k.numpy(), v.numpy()
     err = float(np.abs(run(feeds)[names.LOGITS] - ref).max())

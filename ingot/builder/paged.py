@@ -140,11 +140,6 @@ class PagedCausalLM(torch.nn.Module):
         return self.model.lm_head(inner.norm(hidden[:, logits_indices]))[0]  # batch dim kept: a MatMul, as in HF
 
 
-def check_supported(model) -> None:
-    arch = (model.config.architectures or [type(model).__name__])[0]
-    assert arch in SUPPORTED, arch
-
-
 def example_inputs(model: PagedCausalLM, block_size: int, num_blocks: int = 8, seed: int = 0) -> dict:
     """Two sequences: 3 new tokens after block_size + 1 past ones (read from two blocks of the
     cache), and a prefill of 4; random caches."""

@@ -47,9 +47,8 @@ class _Graphs:
     quant: QuantResult | None
     llm: LLMInfo | None = None  # set for paged causal-LM plans
 
-    def runner(self, model, config: dict[str, str]):
-        """`feeds -> outputs` over a plan; a paged plan is seen as a dense causal LM."""
-        run = ort_runner(model, config)
+    def dense(self, run):
+        """`run` over a plan as the source model's interface: a paged plan as a dense causal LM."""
         return run if self.llm is None else dense_runner(run, self.llm)
 
 
@@ -136,17 +135,18 @@ def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: Bui
 def _verify(
     target: Target, writer: BundleWriter, loaded: LoadedModel, graphs: _Graphs, cfg: BuildConfig, ran_on: str
 ) -> Target:
-    plan = graphs.runner(str(writer.path(target.entrypoint)), target.session_config)
+    plan_run = ort_runner(str(writer.path(target.entrypoint)), target.session_config)
+    float_run = plan_run if graphs.quant is None else ort_runner(graphs.float_model.SerializeToString(), {})
+    plan = graphs.dense(plan_run)
     mask = "attention_mask" if graphs.llm is not None and "attention_mask" in loaded.example else None
     if graphs.llm is not None and loaded.module is not None:  # the paged contract (past read from the cache) against torch
-        paged.check_paged(ort_runner(graphs.float_model.SerializeToString(), {}), loaded.module.model, graphs.llm,
-                          cfg.atol, cfg.rtol)
+        paged.check_paged(float_run, loaded.module.model, graphs.llm, cfg.atol, cfg.rtol)
     if graphs.quant is None:
         if loaded.module is None:
             return target  # an .onnx source: no torch model to compare with
         verification = verify_outputs(plan, loaded, cfg.atol, cfg.rtol, ran_on, mask=mask)
         return target.model_copy(update={"verification": verification})
-    reference = graphs.runner(graphs.float_model.SerializeToString(), {})
+    reference = graphs.dense(float_run)
     if loaded.module is not None:  # the float export must match torch before it is a reference
         verify_outputs(reference, loaded, cfg.atol, cfg.rtol, ran_on, mask=mask)
     verification = graphs.quant.gate(reference, plan, loaded, cfg, ran_on)

@@ -73,6 +73,13 @@ def pack(
     )
 
 
+def plan_feeds(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
+    """The cpu plan's inputs for `batch`, all but the KV caches."""
+    feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
+             names.LOGITS_INDICES: batch.logits_indices}
+    return feeds | cpu_attention_inputs(batch, info)
+
+
 def cpu_attention_inputs(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
     """The `attn.*` inputs of the cpu lowering (gather-v1), shared by every layer."""
     block_size, group = info.kv_block_size, info.num_heads // info.num_kv_heads

@@ -13,7 +13,7 @@ import numpy as np
 
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import cpu_attention_inputs, pack
+from ingot.runtime.llm.batch import pack, plan_feeds
 from ingot.runtime.llm.kv_cache import scratch_feeds
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -25,9 +25,7 @@ def paged_feeds(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray
     assert rows, "every row is masked"
     blocks = [list(range(-(-len(r) // info.kv_block_size))) for r in rows]  # never read: no past
     batch = pack(rows, [0] * len(rows), blocks, info.kv_block_size, [range(len(r)) for r in rows])
-    feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
-             names.LOGITS_INDICES: batch.logits_indices}
-    return feeds | cpu_attention_inputs(batch, info) | scratch_feeds(info)
+    return plan_feeds(batch, info) | scratch_feeds(info)
 
 
 def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
 from ingot.runtime.errors import RunError
-from ingot.runtime.llm.batch import PackedBatch, cpu_attention_inputs, pack
+from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds
 from ingot.runtime.llm.kv_cache import KVCache, num_blocks_for
 from ingot.runtime.llm.scheduler_output import SchedulerOutput
 
@@ -59,10 +59,7 @@ class ModelRunner:
         return self.forward(batch)
 
     def forward(self, batch: PackedBatch) -> np.ndarray:
-        feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
-                 names.LOGITS_INDICES: batch.logits_indices}
-        feeds |= cpu_attention_inputs(batch, self.info) | self.kv.feeds
-        outputs = self.model.backend.run(feeds)
+        outputs = self.model.backend.run(plan_feeds(batch, self.info) | self.kv.feeds)
         self.kv.write(batch.slot_mapping, outputs)
         return outputs[names.LOGITS]
 
