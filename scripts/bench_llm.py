@@ -2,7 +2,7 @@
 (real Shakespeare windows) and G greedy output tokens (EOS ignored).
 
     .venv/bin/python scripts/bench_llm.py BUNDLE [--num-requests 32 --prompt-len 128 --output-len 64]
-        [--concurrency 1,16] [--peers ortgenai,transformers] [--max-num-tokens 256] [--prefix 512]
+        [--concurrency 1,16] [--peers ortgenai,transformers] [--max-num-tokens 2048,256] [--prefix 512]
 
 Ingot: the in-flight batcher with at most C requests in flight (a new one starts when one
 finishes). Peers (scripts/peers.py): static batches of C. TTFT is measured from a request's
@@ -66,7 +66,8 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--concurrency", action="append")
     ap.add_argument("--peers", default="ortgenai,transformers")
-    ap.add_argument("--max-num-tokens", type=int, default=None, help="Ingot's token budget per step")
+    ap.add_argument("--max-num-tokens", default="", help="Ingot's token budget per step; a comma list runs each "
+                    "(default: the plan's limit)")
     ap.add_argument("--prefix", type=int, default=512, help="prefix-cache check: shared prefix length (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -78,8 +79,10 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    budgets = [int(b) for b in args.max_num_tokens.split(",") if b] or [None]
     for c in concurrency:
-        show(ingot_run(args.bundle, prompts, args.output_len, c, args.max_num_tokens, args.threads))
+        for budget in budgets:
+            show(ingot_run(args.bundle, prompts, args.output_len, c, budget, args.threads))
     peers = tuple(p for p in args.peers.split(",") if p)
     if peers:
         run_peers(prompts, args.output_len, concurrency, peers, args.threads, DEFAULT_CACHE, [], on_row=show)
@@ -89,18 +92,20 @@ def main() -> None:
 
 
 def ratios(rows: list[dict]) -> dict:
-    by = {(r["peer"], r.get("concurrency")): r for r in rows}
+    mine = [r for r in rows if r["peer"] == "ingot"]
     out = {}
-    for (peer, c), r in by.items():
-        if peer in ("ingot", "ingot-prefix"):
+    for r in rows:
+        if r["peer"] in ("ingot", "ingot-prefix"):
             continue
-        mine = by.get(("ingot", c))
-        if mine:
-            out[f"ingot/{peer} tok/s @C={c}"] = mine["output_tokens_per_s"] / r["output_tokens_per_s"]
-            out[f"ingot/{peer} ttft_p50 @C={c}"] = mine["ttft_p50_s"] / r["ttft_p50_s"]
-    cs = sorted(c for p, c in by if p == "ingot")
-    if len(cs) > 1:
-        out[f"ingot tok/s C={cs[-1]} / C={cs[0]}"] = by[("ingot", cs[-1])]["output_tokens_per_s"] / by[("ingot", cs[0])]["output_tokens_per_s"]
+        for m in (m for m in mine if m["concurrency"] == r.get("concurrency")):
+            tag = f"ingot(budget {m['max_num_tokens']})/{r['peer']} @C={m['concurrency']}"
+            out[f"{tag} tok/s"] = m["output_tokens_per_s"] / r["output_tokens_per_s"]
+            out[f"{tag} ttft_p50"] = m["ttft_p50_s"] / r["ttft_p50_s"]
+    for budget in dict.fromkeys(m["max_num_tokens"] for m in mine):
+        runs = sorted((m for m in mine if m["max_num_tokens"] == budget), key=lambda m: m["concurrency"])
+        if len(runs) > 1:
+            out[f"ingot(budget {budget}) tok/s C={runs[-1]['concurrency']} / C={runs[0]['concurrency']}"] = (
+                runs[-1]["output_tokens_per_s"] / runs[0]["output_tokens_per_s"])
     return out
 
 

@@ -36,6 +36,9 @@ def quantize(
         return model, QuantReport(scheme="none")
     if spec.needs_calibration and not calib_feeds:
         raise QuantError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE")
+    from ingot.quant.layers import untie_transposed
+
+    model = untie_transposed(model, spec.effective_exclude)
     if spec.scheme == "int4":
         from ingot.quant.int4 import quantize_int4
 

@@ -64,8 +64,8 @@ def quantize_int4(
     layers, skipped = int4_layers(model, spec)
     edit = GraphEditor(model)
     prepared, choices = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [])
-    before, after = _quantize_weights(edit, layers, prepared, spec.block_size)
-    padded = _pad_activations(edit, layers, spec.block_size)
+    before, after = _quantize_weights(edit, layers, prepared, spec)
+    padded = _pad_activations(edit, layers, spec)
     edit.finish()
     report = QuantReport(
         scheme=spec.scheme, block_size=spec.block_size, exclude=spec.effective_exclude,
@@ -78,13 +78,14 @@ def quantize_int4(
 
 
 def _quantize_weights(
-    edit: GraphEditor, layers: list[Layer], prepared: dict[str, np.ndarray], block_size: int
+    edit: GraphEditor, layers: list[Layer], prepared: dict[str, np.ndarray], spec: QuantSpec
 ) -> tuple[int, int]:
     """Each weight once (AWQ: the scaled, clipped `prepared` W): int4 + scale → DequantizeLinear,
     read by all its layers. Returns bytes (float before, packed int4 + scales after)."""
     before = after = 0
     for weight, users in _by_weight(layers).items():
         w = edit.array(weight)
+        block_size = spec.block_for(users[0].name)
         q, scale = int4_quantize(prepared.get(weight, w), block_size)
         dq = edit.insert(
             users[0].index, "DequantizeLinear",
@@ -99,14 +100,14 @@ def _quantize_weights(
     return before, after
 
 
-def _pad_activations(edit: GraphEditor, layers: list[Layer], block_size: int) -> list[str]:
+def _pad_activations(edit: GraphEditor, layers: list[Layer], spec: QuantSpec) -> list[str]:
     """One `Pad` to K' per activation read by layers whose K is not whole blocks; returns those layers."""
     groups: dict[str, list[Layer]] = {}
     for layer in layers:
-        if layer.shape[0] % block_size:
+        if layer.shape[0] % spec.block_for(layer.name):
             groups.setdefault(edit.node(layer.index).input[0], []).append(layer)  # after AWQ rewiring
     for x, group in groups.items():
-        k = group[0].shape[0]
+        k, block_size = group[0].shape[0], spec.block_for(group[0].name)
         pads = edit.add_initializer(f"{x}_pads", np.array([0, padded_k(k, block_size) - k], np.int64))
         axes = edit.add_initializer(f"{x}_pad_axes", np.array([-1], np.int64))
         padded = edit.insert(
@@ -154,7 +155,7 @@ def _awq_group(
     """One group's scale (moved onto X when not 1: X W = (X / s)(s W)) and clipped weights."""
     weights = [edit.array(layer.weight) for layer in group]  # after any fold into their columns
     rows = awq.unit_rows(st.rows)
-    result = awq.search(rows, st.channel_mean_abs, weights, spec.block_size, spec.awq_alphas, spec.awq_duo)
+    result = awq.search(rows, st.channel_mean_abs, weights, spec.block_for(group[0].name), spec.awq_alphas, spec.awq_duo)
     scaling = "none"
     if not np.all(result.scale == 1):
         scaling = move_inverse(edit, x, group, (1.0 / result.scale).astype(weights[0].dtype), "awq")
@@ -179,5 +180,5 @@ def _clip_group(
     out = {}
     for layer in group:
         w = edit.array(layer.weight)  # after any fold into its columns
-        out[layer.weight] = search_clip((w * s[:, None]).astype(w.dtype), rows / s, spec.block_size, ratios)
+        out[layer.weight] = search_clip((w * s[:, None]).astype(w.dtype), rows / s, spec.block_for(layer.name), ratios)
     return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatch
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from ingot.quant.report import SkippedLayer
 
@@ -70,6 +71,44 @@ def _out_axis(node: onnx.NodeProto) -> int:
         return 0
     trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
     return 0 if node.op_type == "Gemm" and trans_b else 1
+
+
+def untie_transposed(model: onnx.ModelProto, exclude: list[str]) -> onnx.ModelProto:
+    """`model`, or a copy where each MatMul reading `Transpose(W)` of a 2-D float initializer
+    (a tied LM head: `lm_head = embed_tokens.weight.T`) reads its own initializer `W^T`, so
+    the passes can quantize it as a layer. Excluded layers are left alone (no copy is made)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    transposes = {
+        n.output[0]: n.input[0] for n in model.graph.node
+        if n.op_type == "Transpose" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2
+        and inits[n.input[0]].data_type in FLOAT_TYPES and _perm(n) in (None, [1, 0])
+    }
+    todo = [
+        i for i, n in enumerate(model.graph.node)
+        if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in transposes
+        and not any(fnmatch(node_name(n), p) for p in exclude)
+    ]
+    if not todo:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    made: dict[str, str] = {}
+    for i in todo:
+        node = out.graph.node[i]
+        source = transposes[node.input[1]]
+        if source not in made:
+            made[source] = f"{source}_T"
+            w = numpy_helper.to_array(inits[source])
+            out.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), made[source]))
+        node.input[1] = made[source]
+    read = {x for n in out.graph.node for x in n.input} | {o.name for o in out.graph.output}
+    for i in reversed([i for i, n in enumerate(out.graph.node) if n.op_type == "Transpose" and n.output[0] in transposes and n.output[0] not in read]):
+        del out.graph.node[i]
+    return out
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
 def by_activation(layers: list[Layer]) -> dict[str, list[Layer]]:

@@ -5,6 +5,7 @@ Cheap to import (pydantic only), so the CLI can build a spec before any ONNX is 
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -60,7 +61,16 @@ class QuantSpec(BaseModel):
     # channel's mean |x| (massive activations, outliers.py) stay in float; None: none
     massive_ratio: float | None = Field(1000.0, gt=1.0)
 
-    @field_validator("block_size")
+    # Quantize the LM head too (`lm_head*` is then not excluded). A tied head (Transpose of the
+    # embedding table) gets its own quantized copy; the embedding Gather stays float.
+    quantize_lm_head: bool = False
+    # INT4 block size of a quantized LM head (at most `block_size`). Its errors land on the
+    # logits directly, and it is one layer: small blocks cost little. SmolLM2-135M, INT4 RTN
+    # block 128, held-out Hamlet perplexity 67.97 with the head in float; head at block 128
+    # 83.17, 64 78.49, 32 74.63
+    lm_head_block_size: int = 32
+
+    @field_validator("block_size", "lm_head_block_size")
     @classmethod
     def _power_of_two(cls, value: int) -> int:
         if value < 16 or value & (value - 1):
@@ -76,10 +86,16 @@ class QuantSpec(BaseModel):
 
     @property
     def effective_exclude(self) -> list[str]:
-        """`exclude` plus the LM head for every quantizing scheme."""
-        if self.scheme == "none" or LM_HEAD in self.exclude:
+        """`exclude` plus the LM head for every quantizing scheme, unless `quantize_lm_head`."""
+        if self.scheme == "none" or self.quantize_lm_head or LM_HEAD in self.exclude:
             return list(self.exclude)
         return [*self.exclude, LM_HEAD]
+
+    def block_for(self, layer: str) -> int:
+        """INT4 block size of the layer (node name) `layer`."""
+        if fnmatch(layer, LM_HEAD):
+            return min(self.lm_head_block_size, self.block_size)
+        return self.block_size
 
     @property
     def needs_calibration(self) -> bool:

@@ -86,6 +86,15 @@ def test_rtn_needs_no_calibration(tiny_llama_dir, tmp_path):
     assert open_bundle(out).manifest.targets["cpu-x86_64"].verification.data.startswith("the example inputs")
 
 
+def test_quant_lm_head_and_the_cpu_fusions(tiny_llama_dir, tmp_path):
+    out = built(tiny_llama_dir, tmp_path / "head", "--quant", "int4", "--quant-lm-head", "--min-cosine", "0")
+    m = open_bundle(out).manifest
+    assert m.quantization.layers_quantized == 15 and m.quantization.exclude == [] and not m.quantization.layers_skipped
+    options = m.targets["cpu-x86_64"].build_options
+    assert options["fused.rms_norm"] == 5 and options["fused.int4_unpad"] > 0  # verified against torch at build
+    assert ingot("run", out, "--prompt", "hello", "--max-tokens", "3").returncode == 0
+
+
 def test_npz_calibration_for_any_model(tiny_cnn_py, tmp_path):
     np.savez(tmp_path / "calib.npz", image=np.random.default_rng(0).standard_normal((10, 3, 16, 16)).astype(np.float32))
     out = built(f"{tiny_cnn_py}:model", tmp_path / "fp8", "--quant", "fp8", "--calib", tmp_path / "calib.npz")

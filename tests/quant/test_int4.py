@@ -185,3 +185,41 @@ def test_float16_weights_keep_float16_scales():
     got = run(qmodel, [{"x": x}], level="none")[0]
     expected = x.astype(np.float32) @ int4_round_trip(w, 32)
     np.testing.assert_allclose(got.astype(np.float32), expected, atol=0.05 * np.abs(expected).max())
+
+
+def _tied_head(vocab: int = 96, hidden: int = 64) -> onnx.ModelProto:
+    """ids → Gather(E) → fc/MatMul → lm_head/MatMul(·, Transpose(E)): a tied LM head."""
+    rng = np.random.default_rng(3)
+    weights = {"E": rng.standard_normal((vocab, hidden)).astype(np.float32),
+               "w": rng.standard_normal((hidden, hidden)).astype(np.float32)}
+    nodes = [helper.make_node("Gather", ["E", "ids"], ["x"], name="embed/Gather"),
+             helper.make_node("MatMul", ["x", "w"], ["h"], name="fc/MatMul"),
+             helper.make_node("Transpose", ["E"], ["Et"], name="lm_head/Transpose", perm=[1, 0]),
+             helper.make_node("MatMul", ["h", "Et"], ["logits"], name="lm_head/MatMul")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["m"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["m", vocab])],
+        [onnx.numpy_helper.from_array(w, n) for n, w in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_a_tied_lm_head_is_quantized_only_when_asked_with_its_own_block_size():
+    model = _tied_head()
+    _, report = quantize(model, QuantSpec(scheme="int4", block_size=64))
+    assert report.quantized == ["fc/MatMul"]  # the head reads Transpose(E): left alone by default
+
+    qmodel, report = quantize(model, QuantSpec(scheme="int4", block_size=64, quantize_lm_head=True))
+    assert report.quantized == ["fc/MatMul", "lm_head/MatMul"]
+    blocks = {n.name: helper.get_attribute_value(n.attribute[1]) for n in ops(qmodel, "DequantizeLinear")}
+    assert sorted(blocks.values()) == [32, 64]  # the head at lm_head_block_size, capped by block_size
+    assert not ops(qmodel, "Transpose") and ops(qmodel, "Gather")[0].input[0] == "E"  # embedding stays float
+    ids = np.arange(0, 96, 3, dtype=np.int64)
+    E, w = initializer(model, "E"), initializer(model, "w")
+    expected = (E[ids] @ int4_round_trip(w, 64)) @ int4_round_trip(np.ascontiguousarray(E.T), 32)
+    got = session(qmodel, {"session.qdq_matmulnbits_accuracy_level": "0"}).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_a_bad_lm_head_block_size_is_refused():
+    with pytest.raises(ValueError, match="power of two"):
+        QuantSpec(scheme="int4", lm_head_block_size=48)

@@ -265,3 +265,30 @@ def test_async_shutdown_ends_pending_streams(runner):
 
     engine = asyncio.run(main())
     assert all_blocks_free(engine.engine)
+
+
+def test_a_mixed_step_runs_decodes_and_prefills_apart_with_the_same_logits(runner):
+    """A prefill chunk listed before a decode: two plan calls, logits back in step order, equal
+    to each sequence run alone."""
+    import numpy as np
+
+    from ingot.runtime.llm.scheduler_output import ScheduledSequence, SchedulerOutput
+    from ingot.runtime.llm.model_runner import _by_query_length
+
+    bs = runner.info.kv_block_size
+
+    def seq(rid, tokens, past, blocks, samples=True):
+        positions = tuple(range(past, past + len(tokens)))
+        slots = tuple(blocks[p // bs] * bs + p % bs for p in positions)
+        return ScheduledSequence(rid, tuple(tokens), positions, past, tuple(blocks), slots, samples)
+
+    history = list(range(20, 20 + 2 * bs))  # the decode's past, written to the cache first
+    runner.execute(SchedulerOutput((seq("d", history, 0, [1, 2, 3], samples=False),)))
+    prefill = seq("p", list(range(40, 40 + bs + 3)), 0, [5, 6])
+    decode = seq("d", [7], 2 * bs, [1, 2, 3])
+    step = SchedulerOutput((prefill, decode))
+    assert _by_query_length(step.sequences) == [[1], [0]]
+    mixed = runner.execute(step)
+    alone = np.concatenate([runner.execute(SchedulerOutput((s,))) for s in (prefill, decode)])
+    assert mixed.shape == (2, runner.info.vocab_size)
+    np.testing.assert_allclose(mixed, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
