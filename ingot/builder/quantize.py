@@ -36,7 +36,7 @@ def quant_spec(cfg: BuildConfig):
     try:
         return QuantSpec(
             scheme=cfg.quant, block_size=cfg.block_size, exclude=cfg.exclude, calib_method=cfg.calib_method,
-            accuracy_level=cfg.accuracy_level, quantize_lm_head=cfg.quant_lm_head,
+            accuracy_level=cfg.accuracy_level, quantize_lm_head=cfg.quant_lm_head, gptq=cfg.gptq,
         )
     except ValidationError as e:
         raise BuildError(f"--quant {cfg.quant}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
@@ -65,12 +65,15 @@ class QuantResult:
         notes = [_NOTES["fp8" if s.scheme == "fp8" else "int4"]]
         if s.scheme != "fp8":
             notes[0] += f", accuracy level {s.accuracy_level} ({'int8' if s.accuracy_level == 4 else 'float'} activations)"
+        if r.rounding == "gptq":
+            notes.append(f"GPTQ rounding: damp {r.gptq_damp:g}, {'act-order' if r.gptq_act_order else 'natural order'}")
         return Quantization(
             scheme=s.scheme,
             block_size=s.block_size if s.scheme != "fp8" else None,
             exclude=s.effective_exclude,
             calibration=calibration,
             cpu_accuracy_level=s.accuracy_level if s.scheme != "fp8" else None,
+            rounding=r.rounding,
             layers_quantized=r.layers_quantized,
             layers_skipped={k.name: k.reason for k in r.skipped},
             warnings=r.warnings,

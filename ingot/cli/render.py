@@ -43,6 +43,7 @@ def manifest_table(manifest: Manifest, root: Path) -> None:
 
 def quantization(q) -> None:
     block = f", block {q.block_size}" if q.block_size else ""
+    block += f", {q.rounding} rounding" if q.rounding else ""
     out.print(f"quantization: {q.scheme}{block}, {q.layers_quantized} layers quantized, excluded {', '.join(q.exclude) or 'none'}")
     if q.calibration:
         c = q.calibration

@@ -153,6 +153,7 @@ class Quantization(_Frozen):
     exclude: list[str] = []
     calibration: CalibrationInfo | None = None
     cpu_accuracy_level: int | None = None  # ONNX Runtime MatMulNBits activation accuracy (INT4 on CPU)
+    rounding: Literal["nearest", "gptq"] | None = None  # INT4 weight rounding: to nearest, or GPTQ
     layers_quantized: int
     layers_skipped: dict[str, str] = {}  # node name -> reason
     warnings: list[str] = []

@@ -1,4 +1,4 @@
-"""Quantize an ONNX model offline: FP8 Q/DQ or INT4 blockwise weights (RTN or AWQ).
+"""Quantize an ONNX model offline: FP8 Q/DQ or INT4 blockwise weights (RTN, or AWQ + GPTQ).
 
     from ingot.quant import QuantSpec, quantize
     qmodel, report = quantize(model, QuantSpec(scheme="int4-awq"), calib_feeds)
@@ -48,7 +48,9 @@ def quantize(
     if spec.scheme == "int4-awq":
         from ingot.quant.int4 import awq_activations, quantize_int4
 
-        stats = calibrate(model, calib_feeds, awq_activations(model, spec), max_rows=spec.search_rows, max_values=0)
+        tensors = awq_activations(model, spec)
+        grams = tensors if spec.gptq else []  # GPTQ's Hessians, X^T X over every row
+        stats = calibrate(model, calib_feeds, tensors, max_rows=spec.search_rows, max_values=0, grams=grams)
         qmodel, report = quantize_int4(model, spec, stats)
     else:
         from ingot.quant.fp8 import fp8_activations, quantize_fp8

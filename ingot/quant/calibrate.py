@@ -2,7 +2,8 @@
 
 The tensors are exposed as extra graph outputs of a copy of the model; the caller's model
 is not touched. Memory stays bounded whatever the number of feeds: |x| values and rows
-are kept as weighted reservoir samples of fixed size (deterministic for a given seed).
+are kept as weighted reservoir samples of fixed size (deterministic for a given seed), and
+the Gram matrix (GPTQ's Hessian, for the tensors asked) is (C, C) however many rows.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class TensorStats:
     channel_absmax: np.ndarray  # (C,) max |x| per channel over every row, exact
     rows: np.ndarray  # (<= max_rows, C) float32 sample of rows
     count: int  # rows seen
+    # (C, C) float64 sum over every row of x^T x / |x|^2: the Gram matrix of the rows scaled to
+    # unit norm (each token weighs the same, as in awq.unit_rows); only where asked
+    gram: np.ndarray | None = None
 
     def percentile(self, p: float) -> float:
         """The p-th percentile of |x|, estimated from the sample."""
@@ -41,8 +45,10 @@ def calibrate(
     max_rows: int = MAX_ROWS,
     max_values: int = MAX_VALUES,
     seed: int = 0,
+    grams: list[str] = (),
 ) -> dict[str, TensorStats]:
-    """Statistics of `tensors` over `feeds`, by running `model` with ONNX Runtime on CPU.
+    """Statistics of `tensors` over `feeds`, by running `model` with ONNX Runtime on CPU;
+    `grams`: those of `tensors` that also get a Gram matrix (8 C^2 bytes each).
 
     One run per feed fetches every tensor at once, so a feed's peak memory is the sum of
     their sizes: keep calibration feeds small (e.g. one sequence of 512 tokens each).
@@ -52,7 +58,8 @@ def calibrate(
     fetch = [t for t in dict.fromkeys(tensors) if t not in inputs]  # graph inputs come from the feeds
     session = _session(_with_outputs(model, fetch))
     rng = np.random.default_rng(seed)
-    acc = {t: _Accumulator(max_rows, max_values) for t in dict.fromkeys(tensors)}
+    assert set(grams) <= set(tensors), set(grams) - set(tensors)
+    acc = {t: _Accumulator(max_rows, max_values, t in grams) for t in dict.fromkeys(tensors)}
     for i, feed in enumerate(feeds):
         try:
             values = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
@@ -82,8 +89,10 @@ def _session(model: bytes):
 
 
 class _Accumulator:
-    def __init__(self, max_rows: int, max_values: int):
+    def __init__(self, max_rows: int, max_values: int, gram: bool = False):
         self.absmax = 0.0
+        self.gram: np.ndarray | None = None  # (C, C) float64, when `gram`
+        self.want_gram = gram
         self.sum_abs: np.ndarray | None = None  # (C,) float64
         self.max_abs: np.ndarray | None = None  # (C,) float32
         self.count = 0
@@ -101,6 +110,10 @@ class _Accumulator:
         peak = a.max(axis=0)
         self.max_abs = peak if self.max_abs is None else np.maximum(self.max_abs, peak)
         self.count += rows.shape[0]
+        if self.want_gram:
+            unit = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-30)
+            g = unit.T @ unit  # float32 per feed (fast), summed in float64
+            self.gram = g.astype(np.float64) if self.gram is None else self.gram + g
         self.rows.add(rows, rng)
         self.values.add(a.ravel(), rng)
 
@@ -113,6 +126,7 @@ class _Accumulator:
             channel_absmax=self.max_abs,
             rows=self.rows.items(),
             count=self.count,
+            gram=self.gram,
         )
 
 

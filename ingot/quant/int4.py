@@ -4,9 +4,11 @@
                          scale [K/bs, N] ┴─ DequantizeLinear(axis=0, block_size=bs) ─▶ MatMul
 
 Symmetric, no zero point (TensorRT requires zero point 0). int4-awq first rescales each
-group of layers sharing X (awq.py, 1/s moved onto X by scaling.py) and clips the scaled
-weights per (block, output channel) (clip.py); the clipped weights are then RTN-quantized. ONNX Runtime fuses the pair
-into `com.microsoft.MatMulNBits` at ENABLE_EXTENDED and above, which is the CPU speed path.
+group of layers sharing X (awq.py, 1/s moved onto X by scaling.py), optionally clips the
+scaled weights per (block, output channel) (clip.py), then rounds them with GPTQ (gptq.py)
+under the Hessian of the scaled input X / s, or to nearest with `gptq=False`; int4 is
+round-to-nearest (RTN). ONNX Runtime fuses the pair into `com.microsoft.MatMulNBits` at
+ENABLE_EXTENDED and above, which is the CPU speed path.
 
 A weight whose K is not a multiple of the block size (SmolLM2's hidden size 576 at block
 128) is zero-padded to whole blocks, K', and its activation gets one `Pad` to K' (shared by
@@ -26,6 +28,7 @@ from ingot.quant import awq
 from ingot.quant.calibrate import TensorStats
 from ingot.quant.clip import ClipResult, clip_ratios, search_clip
 from ingot.quant.errors import QuantError
+from ingot.quant.gptq import act_order, gptq_quantize, inverse_cholesky
 from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
 from ingot.quant.primitives import int4_quantize, padded_k
@@ -63,14 +66,17 @@ def quantize_int4(
     model = prepared_copy(model, MIN_OPSET)
     layers, skipped = int4_layers(model, spec)
     edit = GraphEditor(model)
-    prepared, choices = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [])
-    before, after = _quantize_weights(edit, layers, prepared, spec)
+    prepared, choices, scales = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [], {})
+    gptq = spec.scheme == "int4-awq" and spec.gptq
+    rounded = _gptq_weights(edit, layers, prepared, scales, stats, spec) if gptq else {}
+    before, after = _quantize_weights(edit, layers, prepared, rounded, spec)
     padded = _pad_activations(edit, layers, spec)
     edit.finish()
     report = QuantReport(
         scheme=spec.scheme, block_size=spec.block_size, exclude=spec.effective_exclude,
         quantized=[layer.name for layer in layers], skipped=skipped, warnings=skip_warnings(skipped), awq=choices,
-        padded=padded,
+        padded=padded, rounding="gptq" if gptq else "nearest", gptq_damp=spec.gptq_damp if gptq else None,
+        gptq_act_order=spec.gptq_act_order if gptq else None,
         session_config={"session.qdq_matmulnbits_accuracy_level": str(spec.accuracy_level)},
         weight_bytes_before=before, weight_bytes_after=after,
     )
@@ -78,15 +84,17 @@ def quantize_int4(
 
 
 def _quantize_weights(
-    edit: GraphEditor, layers: list[Layer], prepared: dict[str, np.ndarray], spec: QuantSpec
+    edit: GraphEditor, layers: list[Layer], prepared: dict[str, np.ndarray],
+    rounded: dict[str, tuple[np.ndarray, np.ndarray]], spec: QuantSpec,
 ) -> tuple[int, int]:
-    """Each weight once (AWQ: the scaled, clipped `prepared` W): int4 + scale → DequantizeLinear,
-    read by all its layers. Returns bytes (float before, packed int4 + scales after)."""
+    """Each weight once: int4 + scale → DequantizeLinear, read by all its layers. The int4 +
+    scale come from `rounded` (GPTQ) or RTN of the `prepared` W (AWQ: scaled, clipped) or of W.
+    Returns bytes (float before, packed int4 + scales after)."""
     before = after = 0
     for weight, users in _by_weight(layers).items():
         w = edit.array(weight)
         block_size = spec.block_for(users[0].name)
-        q, scale = int4_quantize(prepared.get(weight, w), block_size)
+        q, scale = rounded[weight] if weight in rounded else int4_quantize(prepared.get(weight, w), block_size)
         dq = edit.insert(
             users[0].index, "DequantizeLinear",
             [edit.add_initializer(f"{weight}_int4", q), edit.add_initializer(f"{weight}_scale", scale)],
@@ -127,32 +135,73 @@ def _by_weight(layers: list[Layer]) -> dict[str, list[Layer]]:
     return users
 
 
+def _gptq_weights(
+    edit: GraphEditor, layers: list[Layer], prepared: dict[str, np.ndarray], scales: dict[str, np.ndarray],
+    stats: dict[str, TensorStats], spec: QuantSpec,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{weight: (int4 q, scale)} by GPTQ for every weight, on its prepared (AWQ-scaled) W.
+
+    A layer whose X AWQ scaled reads X / s, whose Gram matrix is diag(1/s) H diag(1/s); a
+    weight read from several activations (tied) minimizes the sum of their output errors,
+    under the sum of their Hessians. Weights reading the same activations share U and are
+    rounded in one pass."""
+    shared: dict[tuple[str, ...], list[str]] = {}  # weights by the activations they read
+    block: dict[tuple[str, ...], int] = {}
+    for weight, users in _by_weight(layers).items():
+        xs = tuple(dict.fromkeys(layer.activation for layer in users))
+        shared.setdefault(xs, []).append(weight)
+        block[xs] = spec.block_for(users[0].name)  # the LM head reads its own X
+    out = {}
+    for xs, names in shared.items():
+        bs = block[xs]
+        h = sum(_scaled_gram(stats[x], scales.get(x)) for x in xs)
+        order = act_order(h, bs) if spec.gptq_act_order else None
+        u = inverse_cholesky(h, bs, spec.gptq_damp, order)
+        ws = [prepared.get(name, edit.array(name)) for name in names]
+        q, scale = gptq_quantize(np.concatenate(ws, axis=1), u, bs, order)  # the columns side by side: one pass
+        cuts = np.cumsum([w.shape[1] for w in ws])[:-1]
+        parts = zip(np.split(q, cuts, axis=1), np.split(scale, cuts, axis=1))
+        out.update({name: (np.ascontiguousarray(qi), np.ascontiguousarray(si)) for name, (qi, si) in zip(names, parts)})
+    return out
+
+
+def _scaled_gram(st: TensorStats, s: np.ndarray | None) -> np.ndarray:
+    """(K, K) float64 Gram matrix of X / s (of X when s is None)."""
+    assert st.gram is not None, "calibrate() was not asked for this tensor's Gram matrix"
+    if s is None:
+        return st.gram
+    inv = 1.0 / s.astype(np.float64)
+    return st.gram * inv[:, None] * inv[None, :]
+
+
 def _apply_awq(
     edit: GraphEditor, layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats] | None
-) -> tuple[dict[str, np.ndarray], list[AwqChoice]]:
+) -> tuple[dict[str, np.ndarray], list[AwqChoice], dict[str, np.ndarray]]:
     """Per activation group: search a scale, move 1/s onto X, clip the scaled weights.
-    Returns {weight: the float [K, N] array to RTN-quantize} and what was chosen.
+    Returns {weight: the float [K, N] array to round}, what was chosen, and {X: s} where s != 1.
 
     Groups go last to first: a fold rescales a weight upstream of its X (down_proj's 1/s
     into up_proj's columns), so every group is searched on its final weights."""
     assert stats is not None
     groups = by_activation(layers)
     shared = shared_weights(groups)
-    prepared, choices = {}, []
+    prepared, choices, scales = {}, [], {}
     for x, group in reversed(groups.items()):
         if shared & {layer.weight for layer in group}:  # one scale per weight: plain RTN there
             choices.append(AwqChoice(activation=x, layers=[layer.name for layer in group], alpha=0.0, scaling="none"))
             continue
-        clipped, choice = _awq_group(edit, x, group, stats[x], spec)
+        clipped, choice, s = _awq_group(edit, x, group, stats[x], spec)
         prepared.update({name: c.weight for name, c in clipped.items()})
         choices.append(choice)
-    return prepared, choices[::-1]
+        if choice.scaling != "none":
+            scales[x] = s
+    return prepared, choices[::-1], scales
 
 
 def _awq_group(
     edit: GraphEditor, x: str, group: list[Layer], st: TensorStats, spec: QuantSpec
-) -> tuple[dict[str, ClipResult], AwqChoice]:
-    """One group's scale (moved onto X when not 1: X W = (X / s)(s W)) and clipped weights."""
+) -> tuple[dict[str, ClipResult], AwqChoice, np.ndarray]:
+    """One group's clipped weights, choice and scale s (moved onto X when not 1: X W = (X / s)(s W))."""
     weights = [edit.array(layer.weight) for layer in group]  # after any fold into their columns
     rows = awq.unit_rows(st.rows)
     result = awq.search(rows, st.channel_mean_abs, weights, spec.block_for(group[0].name), spec.awq_alphas, spec.awq_duo)
@@ -168,7 +217,7 @@ def _awq_group(
         error_clip=min(result.error, sum(c.error for c in clipped.values())),
         clip_mean=float(ratios.mean()), clip_min=float(ratios.min()), clipped=float((ratios < 1).mean()),
     )
-    return clipped, choice
+    return clipped, choice, result.scale
 
 
 def _clip_group(

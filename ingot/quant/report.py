@@ -56,6 +56,9 @@ class QuantReport(_Frozen):
     warnings: list[str] = []
     awq: list[AwqChoice] = []
     padded: list[str] = []  # INT4: layers whose K was zero-padded to whole blocks (with a Pad on X)
+    rounding: Literal["nearest", "gptq"] | None = None  # INT4: round-to-nearest, or GPTQ (int4-awq)
+    gptq_damp: float | None = None  # GPTQ: fraction of mean(diag H) added to H's diagonal
+    gptq_act_order: bool | None = None  # GPTQ: channels rounded by decreasing H_kk
     activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor (X / s if smoothed)
     smoothing: list[SmoothChoice] = []  # FP8: per activation group
     calib_samples: int = 0  # feed dicts used for calibration

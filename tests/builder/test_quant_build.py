@@ -44,6 +44,7 @@ def test_int4_awq_manifest_and_gate(awq_bundle):
     assert q.layers_quantized == 14 and q.exclude == ["lm_head*"] and "lm_head/MatMul" in q.layers_skipped
     assert q.calibration.format == "text" and q.calibration.samples == 8 and q.calibration.seq_len == 32
     assert q.cpu_accuracy_level == 4 and "MatMulNBits" in q.notes[0]
+    assert q.rounding == "gptq" and q.notes[1] == "GPTQ rounding: damp 0.01, act-order"
     t = m.targets["cpu-x86_64"]
     assert t.session_config == {"session.qdq_matmulnbits_accuracy_level": "4"}
     v = t.verification
@@ -55,7 +56,7 @@ def test_int4_awq_manifest_and_gate(awq_bundle):
 
 def test_inspect_shows_the_spec(awq_bundle):
     out = ingot("inspect", awq_bundle).stdout
-    for fragment in ("quantization: int4-awq, block 32", "calibration: calib.txt", "perplexity", "MatMulNBits"):
+    for fragment in ("quantization: int4-awq, block 32, gptq rounding", "calibration: calib.txt", "perplexity", "MatMulNBits"):
         assert fragment in out, fragment
     data = json.loads(ingot("inspect", awq_bundle, "--json").stdout)
     assert data["quantization"]["scheme"] == "int4-awq"
@@ -66,6 +67,13 @@ def test_int4_bundle_runs_close_to_fp32(awq_bundle, llama_bundle):
     a, b = load(llama_bundle).run(feeds)["logits"], load(awq_bundle).run(feeds)["logits"]
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     assert cos.min() > 0.95
+
+
+def test_no_gptq_rounds_to_nearest(tiny_llama_dir, calib_txt, tmp_path):
+    out = built(tiny_llama_dir, tmp_path / "nearest", "--quant", "int4-awq", "--block-size", "32", "--no-gptq",
+                "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
+    q = open_bundle(out).manifest.quantization
+    assert q.scheme == "int4-awq" and q.rounding == "nearest" and len(q.notes) == 1
 
 
 def test_fp8_needs_calibration_and_records_cpu_settings(tiny_llama_dir, calib_txt, tmp_path):
@@ -81,7 +89,7 @@ def test_fp8_needs_calibration_and_records_cpu_settings(tiny_llama_dir, calib_tx
 def test_rtn_needs_no_calibration(tiny_llama_dir, tmp_path):
     out = built(tiny_llama_dir, tmp_path / "rtn", "--quant", "int4", "--block-size", "32", "--exclude", "*.mlp.down_proj*")
     q = open_bundle(out).manifest.quantization
-    assert q.calibration is None and q.layers_quantized == 12
+    assert q.calibration is None and q.layers_quantized == 12 and q.rounding == "nearest"
     assert set(q.layers_skipped) == {"lm_head/MatMul", "model.layers.0.mlp.down_proj/MatMul", "model.layers.1.mlp.down_proj/MatMul"}
     assert open_bundle(out).manifest.targets["cpu-x86_64"].verification.data.startswith("the example inputs")
 

@@ -24,8 +24,9 @@ def awq_run(outlier_llama_onnx, calib_feeds):
 
 @pytest.fixture(scope="module")
 def plain_awq_run(outlier_llama_onnx, calib_feeds):
-    """AWQ as in the paper (s = mean|X|^alpha, no clipping; the default): the weights are exactly Q(W * s)."""
-    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=False, awq_clip=False)
+    """AWQ as in the paper (s = mean|X|^alpha, no clipping; the default) with round-to-nearest
+    rather than GPTQ: the weights are exactly Q(W * s)."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=False, awq_clip=False, gptq=False)
     qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
     stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
     return qmodel, report, stats
