@@ -45,7 +45,7 @@ def calibrate(
     max_rows: int = MAX_ROWS,
     max_values: int = MAX_VALUES,
     seed: int = 0,
-    grams: list[str] = (),
+    grams: list[str] | None = None,
 ) -> dict[str, TensorStats]:
     """Statistics of `tensors` over `feeds`, by running `model` with ONNX Runtime on CPU;
     `grams`: those of `tensors` that also get a Gram matrix (8 C^2 bytes each).
@@ -58,7 +58,8 @@ def calibrate(
     fetch = [t for t in dict.fromkeys(tensors) if t not in inputs]  # graph inputs come from the feeds
     session = _session(_with_outputs(model, fetch))
     rng = np.random.default_rng(seed)
-    assert set(grams) <= set(tensors), set(grams) - set(tensors)
+    grams = set(grams or ())
+    assert grams <= set(tensors), grams - set(tensors)
     acc = {t: _Accumulator(max_rows, max_values, t in grams) for t in dict.fromkeys(tensors)}
     for i, feed in enumerate(feeds):
         try:

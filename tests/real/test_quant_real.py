@@ -5,10 +5,11 @@ no calibration window saw. Each quantized bundle is built from the fp32 bundle (
 a valid source), so the export is not repeated.
 
 Issue 3's SmolLM2 targets are INT4-AWQ (block 128) within +10% of fp32 and FP8 within +2%.
-They are NOT met yet (see BENCHMARKS.md; on this text AWQ +36%, RTN +59%, FP8 +4.2%), nor is
-INT4 cosine >= 0.99 on MiniLM (~0.91). The tests below assert what holds today (AWQ beats RTN
-and stays within +45%, FP8 within 5%, INT4 size, FP8 MiniLM cosine >= 0.99, FP8 EfficientNet
-top-1 where fp32 is confident) as regression guards, and print the figures.
+They are NOT met yet (see BENCHMARKS.md; on this text AWQ + GPTQ +18%, RTN +58%, FP8 +4.2%),
+nor is INT4 cosine >= 0.99 on MiniLM (RTN ~0.91, AWQ + GPTQ ~0.95). The tests below assert
+what holds today (AWQ beats RTN and stays within +30%, FP8 within 5%, INT4 size, FP8 MiniLM
+cosine >= 0.99, FP8 EfficientNet top-1 where fp32 is confident) as regression guards, and
+print the figures.
 """
 
 import json
@@ -77,7 +78,7 @@ def test_smollm2_int4_awq_beats_rtn(smol):
     _, p = smol
     print(f"SmolLM2 held-out Hamlet perplexity: {p}")
     assert p["int4-awq"] < p["int4"]
-    assert p["int4-awq"] <= 1.45 * p["fp32"]  # measured +35.6% (RTN +58.8%)
+    assert p["int4-awq"] <= 1.30 * p["fp32"]  # measured +17.9% with GPTQ, +35.6% without (RTN +58.8%)
 
 
 def test_smollm2_fp8_within_5pct(smol):
@@ -120,15 +121,16 @@ def test_smollm2_gate_figures_in_manifest(smol):
     assert 0 < v.metrics["ppl_increase_pct"] < 5 and v.metrics["top1_agreement"] > 0.8
 
 
-@pytest.mark.parametrize("scheme", ["fp8", "int4"])
+@pytest.mark.parametrize("scheme", ["fp8", "int4", "int4-awq"])
 def test_minilm_embeddings_keep_cosine(minilm_bundle, calib_txt, tmp_path, scheme):
     q = quantized(minilm_bundle, tmp_path / scheme, scheme, calib_txt, "--calib-samples", "64")
     a = load(minilm_bundle).run_text(SENTENCES)["sentence_embedding"]
     b = load(q).run_text(SENTENCES)["sentence_embedding"]
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     print(f"MiniLM {scheme}: min cosine {cos.min():.5f}")
-    # Issue 3 asks >= 0.99 for both; FP8 holds it, INT4 (RTN, block 128) gives ~0.91 today.
-    floor = 0.99 if scheme == "fp8" else 0.90
+    # Issue 3 asks >= 0.99 for both; FP8 holds it, INT4 (block 128) gives ~0.91 today with RTN,
+    # 0.947 with AWQ + GPTQ (0.933 with AWQ alone).
+    floor = {"fp8": 0.99, "int4": 0.90, "int4-awq": 0.93}[scheme]
     assert cos.min() >= floor
     assert open_bundle(q).manifest.targets["cpu-x86_64"].verification.metrics["cosine_min"] >= floor
 
