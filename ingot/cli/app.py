@@ -57,6 +57,7 @@ def build(
     exclude: Annotated[list[str], typer.Option("--exclude", help="Keep layers matching this pattern in float (repeatable).")] = [],  # noqa: B006
     accuracy_level: Annotated[int, typer.Option(help="INT4 on CPU: MatMulNBits activation accuracy (4 = int8, 0 = fp32).")] = 4,
     quant_lm_head: Annotated[bool, typer.Option("--quant-lm-head", help="Quantize the LM head too (kept float by default).")] = False,
+    massive_ratio: Annotated[float, typer.Option(help="FP8: keep a layer in float when its input's max |x| is this many times the median channel's mean |x| (0: never).")] = 100.0,
     gptq: Annotated[bool, typer.Option("--gptq/--no-gptq", help="int4-awq: GPTQ error-compensating rounding, or round-to-nearest.")] = True,
     max_ppl_increase: Annotated[float | None, typer.Option(help="Gate: fail above this perplexity increase (%).")] = None,
     min_cosine: Annotated[float | None, typer.Option(help="Gate: fail below this cosine similarity.")] = None,
@@ -78,7 +79,7 @@ def build(
         atol=atol, rtol=rtol, opset=opset, dims=_parse_dims(dim), overwrite=overwrite,
         quant=quant.value, block_size=block_size, calib=calib, calib_samples=calib_samples,
         calib_seq_len=calib_seq_len, calib_method=calib_method, exclude=exclude, accuracy_level=accuracy_level,
-        quant_lm_head=quant_lm_head, gptq=gptq,
+        quant_lm_head=quant_lm_head, gptq=gptq, massive_ratio=massive_ratio,
         max_ppl_increase=max_ppl_increase, min_cosine=min_cosine, min_top1=min_top1, layout=layout,
         max_num_tokens=max_num_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
         kv_block_size=kv_block_size,

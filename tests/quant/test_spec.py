@@ -47,7 +47,7 @@ def test_defaults():
     assert spec.awq_alphas == [i / 10 for i in range(11)]
     assert (spec.awq_duo, spec.awq_clip, spec.clip_min, spec.clip_steps) == (False, False, 0.5, 10)
     assert not spec.smooth and spec.smooth_alphas == [i / 10 for i in range(1, 11)]
-    assert (spec.search_rows, spec.massive_ratio) == (512, 1000.0)
+    assert (spec.search_rows, spec.massive_ratio) == (512, 100.0)
 
 
 @pytest.mark.parametrize("scheme", ["fp8", "int4", "int4-awq"])

@@ -5,7 +5,8 @@ no calibration window saw. Each quantized bundle is built from the fp32 bundle (
 a valid source), so the export is not repeated.
 
 Issue 3's SmolLM2 targets are INT4-AWQ (block 128) within +10% of fp32 and FP8 within +2%.
-They are NOT met yet (see BENCHMARKS.md; on this text AWQ + GPTQ +18%, RTN +58%, FP8 +4.2%),
+The INT4 one is NOT met yet (see BENCHMARKS.md; on this text AWQ + GPTQ +18%, RTN +58%; FP8
+with 42 layers in float +1.8% on the 20-window Hamlet text),
 nor is INT4 cosine >= 0.99 on MiniLM (RTN ~0.91, AWQ + GPTQ ~0.95). The tests below assert
 what holds today (AWQ beats RTN and stays within +30%, FP8 within 5%, INT4 size, FP8 MiniLM
 cosine >= 0.99, FP8 EfficientNet top-1 where fp32 is confident) as regression guards, and
@@ -81,9 +82,9 @@ def test_smollm2_int4_awq_beats_rtn(smol):
     assert p["int4-awq"] <= 1.30 * p["fp32"]  # measured +17.9% with GPTQ, +35.6% without (RTN +58.8%)
 
 
-def test_smollm2_fp8_within_5pct(smol):
+def test_smollm2_fp8_within_3pct(smol):
     _, p = smol
-    assert p["fp8"] <= 1.05 * p["fp32"]
+    assert p["fp8"] <= 1.03 * p["fp32"]  # measured +1.9% on this text (+1.8% on 20 windows)
 
 
 def test_smollm2_int4_bundle_size(smol):
@@ -94,15 +95,16 @@ def test_smollm2_int4_bundle_size(smol):
 
 
 def test_smollm2_fp8_keeps_massive_activation_layers_in_float(smol):
-    """The down_proj layers that read SmolLM2's massive activations (|x| up to ~3000) stay in
-    float, and the manifest says why (ingot/quant/outliers.py); every other layer is FP8."""
+    """Layers whose input has massive activations (max |x| >= 100x the median channel's mean |x|)
+    stay in float, and the manifest says why (ingot/quant/outliers.py). On SmolLM2 that is
+    every down_proj (|x| up to ~3000 in layers 1, 2, 9, 11, 28, 29) and a few q/k/v and
+    gate/up: 42 of 210 layers when measured; the rest is FP8."""
     bundles, _ = smol
     q = open_bundle(bundles["fp8"]).manifest.quantization
     massive = {name for name, reason in q.layers_skipped.items() if "massive activations" in reason}
-    print(f"FP8 kept in float for massive activations: {sorted(massive)}")
-    assert massive and len(massive) <= 8 and all("down_proj" in name for name in massive)
-    assert "model.layers.11.mlp.down_proj/MatMul" in massive  # |x| ~ 3000
-    assert q.layers_quantized == 210 - len(massive)
+    print(f"FP8 kept in float for massive activations: {len(massive)} layers")
+    assert {f"model.layers.{i}.mlp.down_proj/MatMul" for i in (1, 2, 9, 11, 28, 29)} <= massive
+    assert len(massive) <= 60 and q.layers_quantized == 210 - len(massive)
 
 
 def test_smollm2_fp8_still_knows_paris(smol):
