@@ -7,12 +7,15 @@
 Ingot: the in-flight batcher with at most C requests in flight (a new one starts when one
 finishes). Peers (scripts/peers.py): static batches of C. TTFT is measured from a request's
 submission (Ingot) or its batch's start (peers). Prints one JSON line per run, then ratios.
+`--rounds N` runs Ingot and the peers in turn N times and reports the median of the rounds'
+ratios, so that a slow minute on a shared machine does not decide a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,25 +73,33 @@ def main() -> None:
                     "(default: the plan's limit)")
     ap.add_argument("--prefix", type=int, default=512, help="prefix-cache check: shared prefix length (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat Ingot and the peers in turn; ratios are the median "
+                    "of each round's (this machine's speed drifts over a run)")
     args = ap.parse_args()
     concurrency = parse_concurrency(args.concurrency or ["1,16"])
     prompts = workload(args.num_requests, args.prompt_len, cache=DEFAULT_CACHE)
-    rows: list[dict] = []
-
-    def show(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
     budgets = [int(b) for b in args.max_num_tokens.split(",") if b] or [None]
-    for c in concurrency:
-        for budget in budgets:
-            show(ingot_run(args.bundle, prompts, args.output_len, c, budget, args.threads))
     peers = tuple(p for p in args.peers.split(",") if p)
-    if peers:
-        run_peers(prompts, args.output_len, concurrency, peers, args.threads, DEFAULT_CACHE, [], on_row=show)
-    if args.prefix:
-        show(prefix_run(args.bundle, prompts, args.prefix, args.threads))
-    print(json.dumps({"ratios": ratios(rows)}), flush=True)
+    by_round = []
+    for r in range(args.rounds):
+        rows: list[dict] = []
+
+        def show(row: dict) -> None:
+            rows.append(row | {"round": r} if args.rounds > 1 else row)
+            print(json.dumps(rows[-1]), flush=True)
+
+        for c in concurrency:
+            for budget in budgets:
+                show(ingot_run(args.bundle, prompts, args.output_len, c, budget, args.threads))
+        if peers:
+            run_peers(prompts, args.output_len, concurrency, peers, args.threads, DEFAULT_CACHE, [], on_row=show)
+        if args.prefix:
+            show(prefix_run(args.bundle, prompts, args.prefix, args.threads))
+        by_round.append(ratios(rows))
+        if args.rounds > 1:
+            print(json.dumps({"round": r, "ratios": by_round[-1]}), flush=True)
+    median = {k: statistics.median(x[k] for x in by_round) for k in by_round[0]}
+    print(json.dumps({"ratios": median} | ({"rounds": args.rounds} if args.rounds > 1 else {})), flush=True)
 
 
 def ratios(rows: list[dict]) -> dict:

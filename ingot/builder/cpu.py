@@ -13,8 +13,10 @@ _EXTERNAL_DATA_ABOVE = 1 << 30  # protobuf caps one message at 2 GiB
 
 
 def compile_cpu(
-    model: onnx.ModelProto, target: TargetName, writer: BundleWriter, opset: int, session_config: dict[str, str]
+    model: onnx.ModelProto, target: TargetName, writer: BundleWriter, opset: int, session_config: dict[str, str],
+    max_positions: int | None = None,
 ) -> Target:
+    """`max_positions`: a causal LM's max_model_len (sizes the rotary tables of the fused plan)."""
     import onnx
     import onnxruntime as ort
 
@@ -22,7 +24,7 @@ def compile_cpu(
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # the caller's model may still go to other targets, or be the float reference
-    model, fusions = fuse_for_cpu(copy)
+    model, fusions = fuse_for_cpu(copy, max_positions)
     rel = f"targets/{target.name}/model.onnx"
     files = [rel]
     if model.ByteSize() > _EXTERNAL_DATA_ABOVE:

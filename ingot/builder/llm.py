@@ -11,13 +11,13 @@ from ingot.builder.config import BuildConfig
 from ingot.builder.errors import BuildError, VerificationError
 from ingot.builder.sources import LoadedModel
 from ingot.plans import DynamicDim, TargetName, TensorSpec
-from ingot.plans.llm import LLMInfo
+from ingot.plans.llm import CPU_LOWERING, LLMInfo
 
 if TYPE_CHECKING:
     import onnx
 
 DEFAULT_MAX_MODEL_LEN = 2048
-LOWERING = "gather-v1"  # ingot.builder.lower_cpu
+LOWERING = CPU_LOWERING  # ingot.builder.lower_cpu
 
 
 def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName]):
@@ -67,7 +67,7 @@ def check_paged(run, hf_model, info: LLMInfo, atol: float, rtol: float) -> float
 
     from ingot.builder.paged import PagedCausalLM, example_inputs
     from ingot.plans import llm as names
-    from ingot.runtime.llm.batch import PackedBatch, plan_feeds
+    from ingot.runtime.llm.batch import PackedBatch, plan_feeds, run_calls
 
     wrapper = PagedCausalLM(hf_model).eval()
     ex = example_inputs(wrapper, info.kv_block_size)
@@ -75,10 +75,11 @@ def check_paged(run, hf_model, info: LLMInfo, atol: float, rtol: float) -> float
         ref = wrapper(**ex).double().numpy()
     batch = PackedBatch(**{k: ex[k].numpy() for k in ("input_ids", "positions", "slot_mapping", "logits_indices",
                                                       "query_start_loc", "context_lens", "block_tables")})
-    feeds = plan_feeds(batch, info)
+    caches = {}
     for layer, (k, v) in enumerate(zip(ex["key_caches"], ex["value_caches"])):
-        feeds[names.key_cache(layer)], feeds[names.value_cache(layer)] = k.numpy(), v.numpy()
-    err = float(np.abs(run(feeds)[names.LOGITS] - ref).max())
+        caches[names.key_cache(layer)], caches[names.value_cache(layer)] = k.numpy(), v.numpy()
+    logits = run_calls(batch, lambda sub: run(plan_feeds(sub, info) | caches)[names.LOGITS])
+    err = float(np.abs(logits - ref).max())
     if err > atol + rtol * float(np.abs(ref).max()):
         raise VerificationError(f"verification failed: the paged plan differs from torch by {err:.3g} on a step "
                                 "reading the KV cache; pass --no-verify to build anyway")

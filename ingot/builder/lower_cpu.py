@@ -1,18 +1,18 @@
-"""Lower `ingot.PagedAttention` for ONNX Runtime's CPU provider ("gather-v1").
+"""Lower `ingot.PagedAttention` for ONNX Runtime's CPU provider ("gqa-v1").
 
-ONNX Runtime has no CPU PagedAttention (research/feasibility.md §2d), so each node becomes
-standard ops (plus com.microsoft FusedMatMul) over a per-step padded view of the ragged batch:
+ONNX Runtime has no CPU PagedAttention (research/feasibility.md §2d), but its
+GroupQueryAttention (com.microsoft) takes a past K/V per sequence. So each node becomes
 
-    past  = Gather(cache [kv, blocks, block, dim], attn.past_blocks [B, MB], axis 1)  # whole blocks, no transpose;
-            as [kv, B, MB * block, dim]                                               # the pool input is zero-copy
-    new   = Gather(key, attn.query_index [B, S]) as [kv, B, S, dim]
-    K, V  = Concat(past, new) on the token axis                                      # [kv, B, L, dim]
-    Q     = Gather(query, attn.query_index) as [kv, B, group * S, dim]
-    out   = Softmax(scale·Q·Kᵀ + attn.bias) · V, back to packed rows by attn.out_index
+    past  = Gather(cache as [kv, blocks * block, dim], attn.past_slots [B, P], axis 1)   # [kv, B, P, dim]
+            transposed to [B, kv, P, dim]                                               # the pool input is zero-copy
+    q/k/v = the packed rows [T, heads, dim] as [B, S, heads * dim] (attn.query_shape)
+    out   = GroupQueryAttention(q, k, v, past_k, past_v, attn.seqlens_k, attn.total_len) as [T, heads, dim]
 
 The pool is only read; the new rows are graph outputs (`present.L.key/value`) that the runtime
-writes into the pool at slot_mapping after the step (in place, numpy). The step metadata
-(attn.*) is computed once per step by ingot.runtime.llm.batch and shared by all layers.
+writes into the pool at slot_mapping after the call (in place, numpy). The kernel's limits
+shape the runtime's calls (ingot.runtime.llm.batch.plan_calls): every sequence of a call adds
+the same number S of new tokens, and a call with S > 1 and a past holds one sequence. The
+step metadata (attn.*) is computed once per call and shared by all layers.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ def lower_paged_attention(model: onnx.ModelProto) -> onnx.ModelProto:
 def _lower(node: onnx.NodeProto, layer: int, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     heads, kv_heads, scale = attrs["num_heads"], attrs["num_kv_heads"], attrs["scale"]
-    group = heads // kv_heads
     query, key, value, key_cache, value_cache = node.input[:5]
     head_dim = _static_dim(graph, key_cache, 3)  # cache [kv_heads, blocks, block_size, head_dim]
     p = f"{node.name or f'attention_{layer}'}/"
@@ -64,25 +63,19 @@ def _lower(node: onnx.NodeProto, layer: int, graph: onnx.GraphProto) -> list[onn
         built.append(helper.make_node(op_type, inputs, [p + output], name=p + output, **kw))
         return p + output
 
-    def kv(x: str, cache: str, tag: str) -> str:
-        past = op("Gather", [cache, names.ATTN_PAST_BLOCKS], f"{tag}_blocks", axis=1)  # [kv, B, MB, block, dim]
-        past = op("Reshape", [past, const(f"{tag}_past_shape", np.array([0, 0, -1, head_dim], np.int64))], f"{tag}_past")
-        new = op("Gather", [x, names.ATTN_QUERY_INDEX], f"{tag}_new")  # [B, S, kv, dim]
-        new = op("Transpose", [new], f"{tag}_new_t", perm=[2, 0, 1, 3])  # [kv, B, S, dim]
-        return op("Concat", [past, new], f"{tag}_all", axis=2)  # [kv, B, L, dim]
+    def past(cache: str, tag: str) -> str:
+        slots = op("Reshape", [cache, const(f"{tag}_slots_shape", np.array([0, -1, head_dim], np.int64))], f"{tag}_slots")
+        rows = op("Gather", [slots, names.ATTN_PAST_SLOTS], f"{tag}_past_rows", axis=1)  # [kv, B, P, dim]
+        return op("Transpose", [rows], f"{tag}_past", perm=[1, 0, 2, 3])  # [B, kv, P, dim]
 
-    k, v = kv(key, key_cache, "k"), kv(value, value_cache, "v")
-    q = op("Gather", [query, names.ATTN_QUERY_INDEX], "q_padded")  # [B, S, heads, dim]
-    q = op("Reshape", [q, const("q_shape", np.array([0, 0, kv_heads, group, head_dim], np.int64))], "q_split")
-    q = op("Transpose", [q], "q_grouped", perm=[2, 0, 3, 1, 4])  # [kv, B, group, S, dim]
-    q = op("Reshape", [q, const("q_rows_shape", np.array([kv_heads, 0, -1, head_dim], np.int64))], "q_rows")
-    scores = op("FusedMatMul", [q, k], "scores", domain="com.microsoft", transB=1, alpha=scale)  # [kv, B, gS, L]
-    probs = op("Softmax", [op("Add", [scores, names.ATTN_BIAS], "masked")], "probs", axis=-1)
-    y = op("MatMul", [probs, v], "context")  # [kv, B, group * S, dim]
-    y = op("Reshape", [y, const("y_split_shape", np.array([kv_heads, 0, group, -1, head_dim], np.int64))], "context_g")
-    y = op("Transpose", [y], "context_bs", perm=[1, 3, 0, 2, 4])  # [B, S, kv, group, dim]
-    y = op("Reshape", [y, const("rows_shape", np.array([-1, heads, head_dim], np.int64))], "rows")
-    built.append(helper.make_node("Gather", [y, names.ATTN_OUT_INDEX], [node.output[0]], name=p + "packed"))
+    q, k, v = (op("Reshape", [x, names.ATTN_QUERY_SHAPE], f"{tag}_seqs") for x, tag in ((query, "q"), (key, "k"), (value, "v")))
+    out = op("GroupQueryAttention", [q, k, v, past(key_cache, "k"), past(value_cache, "v"), names.ATTN_SEQLENS_K,
+             names.ATTN_TOTAL_LEN], "context", domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, scale=scale)
+    built[-1].output.extend([p + "present_k", p + "present_v"])  # required outputs, unused: the pool keeps the past
+    built.append(helper.make_node("Reshape", [out, const("rows_shape", np.array([-1, heads, head_dim], np.int64))],
+                                  [node.output[0]], name=p + "rows"))
+    # the contrib op has no ONNX shape inference: say what the rows are, for the fusions' shape checks
+    graph.value_info.append(helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, ["num_tokens", heads, head_dim]))
     for source, target in ((key, names.present_key(layer)), (value, names.present_value(layer))):
         built.append(helper.make_node("Identity", [source], [target], name=p + target))
         graph.output.append(helper.make_tensor_value_info(target, TensorProto.FLOAT, ["num_tokens", kv_heads, head_dim]))
@@ -103,8 +96,8 @@ def _swap_inputs(graph: onnx.GraphProto) -> None:
     del graph.input[:]
     graph.input.extend(kept)
     graph.input.extend([
-        helper.make_tensor_value_info(names.ATTN_QUERY_INDEX, TensorProto.INT64, ["num_seqs", "max_new"]),
-        helper.make_tensor_value_info(names.ATTN_PAST_BLOCKS, TensorProto.INT64, ["num_seqs", "max_past_blocks"]),
-        helper.make_tensor_value_info(names.ATTN_BIAS, TensorProto.FLOAT, [1, "num_seqs", "group_rows", "max_context"]),
-        helper.make_tensor_value_info(names.ATTN_OUT_INDEX, TensorProto.INT64, ["num_tokens"]),
+        helper.make_tensor_value_info(names.ATTN_QUERY_SHAPE, TensorProto.INT64, [3]),
+        helper.make_tensor_value_info(names.ATTN_PAST_SLOTS, TensorProto.INT64, ["num_seqs", "max_past"]),
+        helper.make_tensor_value_info(names.ATTN_SEQLENS_K, TensorProto.INT32, ["num_seqs"]),
+        helper.make_tensor_value_info(names.ATTN_TOTAL_LEN, TensorProto.INT32, []),
     ])

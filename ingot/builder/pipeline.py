@@ -120,7 +120,8 @@ def _check_gpu_target(t: TargetName, cfg: BuildConfig) -> None:
 def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: BuildConfig, inputs) -> Target:
     if target.device == "cpu":
         config = graphs.quant.report.session_config if graphs.quant else {}
-        built = compile_cpu(graphs.plan_model, target, writer, cfg.opset, config)
+        max_positions = graphs.llm.max_model_len if graphs.llm else None
+        built = compile_cpu(graphs.plan_model, target, writer, cfg.opset, config, max_positions)
         if graphs.llm is None:
             return built
         return built.model_copy(update={"build_options": {**built.build_options, "attention": paged.LOWERING}})

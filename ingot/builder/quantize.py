@@ -111,7 +111,7 @@ def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, ll
     if feeds and llm is not None:
         from ingot.runtime.llm.dense import paged_feeds
 
-        feeds = [paged_feeds(llm, f["input_ids"], f.get("attention_mask")) for f in feeds]
+        feeds = [call for f in feeds for call in paged_feeds(llm, f["input_ids"], f.get("attention_mask"))]
     with stage(f"quantize {spec.scheme}"):
         try:
             qmodel, report = quantize(model, spec, feeds)

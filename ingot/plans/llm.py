@@ -17,12 +17,14 @@ LOGITS = "logits"
 SLOT_MAPPING, BLOCK_TABLES, CONTEXT_LENS, QUERY_START_LOC = "slot_mapping", "block_tables", "context_lens", "query_start_loc"
 # KV caches are [kv_heads, num_blocks, block_size, head_dim] per layer: a block of one head is contiguous,
 # and gathering a sequence's blocks gives [kv_heads, B, tokens, head_dim] with no transpose.
-# cpu lowering "gather-v1": per step, computed by the runtime from the block tables.
-ATTN_QUERY_INDEX = "attn.query_index"  # [B, S] int64: packed row of each sequence's i-th new token (pad 0)
-ATTN_PAST_BLOCKS = "attn.past_blocks"  # [B, MB] int64: blocks holding each sequence's past tokens (pad 0)
-ATTN_BIAS = "attn.bias"  # [1, B, G * S, MB * block + S] float32: 0 where query i may attend key j, else -inf;
-# rows g * S + i for each of the G = num_heads / num_kv_heads query heads of a KV head
-ATTN_OUT_INDEX = "attn.out_index"  # [T] int64: row b * S + i of each packed token
+# cpu lowering "gqa-v1" (ONNX Runtime's GroupQueryAttention over the gathered past): per plan call,
+# computed by the runtime from the block tables. One call holds sequences that all add S new tokens,
+# and only one sequence when S > 1 and it has a past (the kernel's limits): ingot.runtime.llm.batch.
+CPU_LOWERING = "gqa-v1"
+ATTN_QUERY_SHAPE = "attn.query_shape"  # [3] int64: [B, S, -1], the packed rows as B sequences of S tokens
+ATTN_PAST_SLOTS = "attn.past_slots"  # [B, P] int64: cache slot of each past token (block * block_size + offset), pad 0
+ATTN_SEQLENS_K = "attn.seqlens_k"  # [B] int32: past + new - 1 per sequence
+ATTN_TOTAL_LEN = "attn.total_len"  # [] int32: max(past + new)
 
 
 def key_cache(layer: int) -> str:

@@ -20,10 +20,31 @@ def llama(tiny_llama_dir) -> onnx.ModelProto:
     return cleanup(export_onnx(load_source(str(tiny_llama_dir))))
 
 
-def _fused(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+@pytest.fixture(scope="module")
+def hf(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype="float32").eval()
+
+
+@pytest.fixture(scope="module")
+def paged(hf) -> onnx.ModelProto:
+    """The paged plan as `ingot build` compiles it for cpu: contract, lowered, cleaned."""
+    from ingot.builder.graph import cleanup
+    from ingot.builder.lower_cpu import lower_paged_attention
+    from ingot.builder.paged import export_paged
+
+    return cleanup(lower_paged_attention(export_paged(hf, opset=21, block_size=4)))
+
+
+def _fused(model: onnx.ModelProto, max_positions: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return fuse_for_cpu(copy)
+    return fuse_for_cpu(copy, max_positions)
+
+
+NONE = {"rms_norm": 0, "int4_unpad": 0, "rotary": 0, "skip_norm": 0, "output_identity": 0, "int4_siblings": 0}
+LIMITS = dict(max_model_len=64, max_num_tokens=64, max_num_seqs=4, kv_block_size=4)
 
 
 def _outputs(model: onnx.ModelProto, feeds, config=None) -> list[np.ndarray]:
@@ -33,10 +54,11 @@ def _outputs(model: onnx.ModelProto, feeds, config=None) -> list[np.ndarray]:
 
 def test_rms_norms_become_one_node_each_with_the_same_logits(llama):
     fused, counts = _fused(llama)
-    assert counts == {"rms_norm": 5, "int4_unpad": 0}  # two per layer (2 layers) and the final norm
-    assert len(ops(fused, "SimplifiedLayerNormalization")) == 5
+    # two norms per layer (2 layers) and the final one; all but the first follow a residual Add
+    assert counts == NONE | {"rms_norm": 5, "skip_norm": 4}
+    assert len(ops(fused, "SimplifiedLayerNormalization")) == 1 and len(ops(fused, "SkipSimplifiedLayerNormalization")) == 4
     assert not ops(fused, "ReduceMean") and not ops(fused, "Reciprocal")
-    assert len(fused.graph.node) == len(llama.graph.node) - 5 * 6
+    assert len(fused.graph.node) == len(llama.graph.node) - 5 * 6 - 4
     feeds = llama_feeds(2, 2, 7, seed=0)
     for got, ref in zip(_outputs(fused, feeds), _outputs(llama, feeds)):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
@@ -54,7 +76,8 @@ def test_int4_pads_are_dropped_and_still_fuse_into_matmulnbits(llama, tmp_path):
         assert q.dims[0] in (64, 128)  # K itself, no zero rows
     path = tmp_path / "opt.onnx"
     session(fused, report.session_config, optimized=str(path))
-    assert len([n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]) == len(report.quantized)
+    kernels = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
+    assert counts["int4_siblings"] == 4 and len(kernels) == len(report.quantized) - 3 * 2  # q/k/v, gate/up merged
     feeds = llama_feeds(2, 2, 7, seed=1)
     for got, ref in zip(_outputs(fused, feeds, ACC0), _outputs(qmodel, feeds, ACC0)):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
@@ -67,5 +90,56 @@ def test_a_graph_without_the_patterns_is_left_alone(tiny_bert_dir):
 
     model = cleanup(export_onnx(load_source(str(tiny_bert_dir))))
     fused, counts = _fused(model)
-    assert counts == {"rms_norm": 0, "int4_unpad": 0}
+    assert counts == NONE
     assert fused.graph == model.graph
+
+
+def test_paged_plan_rotary_skip_norm_and_outputs_fuse_and_still_match_torch(paged, hf):
+    from ingot.builder.cpu import ort_runner
+    from ingot.builder.llm import check_paged
+    from ingot.builder.paged import llm_info
+
+    fused, counts = _fused(paged, max_positions=64)
+    layers = hf.config.num_hidden_layers
+    # skip norms: every norm after a residual Add (not layer 0's first; the final one reads the logits rows)
+    assert counts == NONE | {"rms_norm": 2 * layers + 1, "rotary": 2 * layers, "skip_norm": 2 * layers - 1,
+                             "output_identity": 2 * layers}
+    assert len(ops(fused, "RotaryEmbedding")) == 2 * layers and not ops(fused, "Neg") and not ops(fused, "Identity")
+    assert not ops(fused, "Cos") and not ops(fused, "Sin"), "the graph's own cos/sin subgraph is gone (now tables)"
+    assert len(fused.graph.node) < len(paged.graph.node) * 0.75
+    err = check_paged(ort_runner(fused.SerializeToString(), {}), hf, llm_info(hf, LIMITS, None), 1e-5, 1e-4)
+    assert err < 1e-5  # GQA, past over two blocks, a prefill beside a decode: as torch reading the cache
+
+
+def test_rotary_needs_the_positions_bound(paged):
+    _, counts = _fused(paged)
+    assert counts["rotary"] == 0 and counts["skip_norm"] > 0
+
+
+def test_sibling_int4_projections_merge_into_one_matmulnbits(paged, hf, tmp_path):
+    qmodel, report = quantize(paged, QuantSpec(scheme="int4", block_size=32))
+    fused, counts = _fused(qmodel, max_positions=64)
+    layers = hf.config.num_hidden_layers
+    assert counts["int4_siblings"] == 2 * layers  # q/k/v and gate/up in each layer
+    path = tmp_path / "opt.onnx"
+    session(fused, report.session_config, optimized=str(path))
+    kernels = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(kernels) == len(report.quantized) - 3 * layers  # 7 projections per layer became 4
+    ref = _paged_logits(qmodel, hf)
+    np.testing.assert_allclose(_paged_logits(fused, hf), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def _paged_logits(model: onnx.ModelProto, hf) -> np.ndarray:
+    """Logits of a paged plan on check_paged's step (past K/V in a random pool), accuracy level 0."""
+    from ingot.builder.paged import PagedCausalLM, example_inputs, llm_info
+    from ingot.plans import llm as names
+    from ingot.runtime.llm.batch import PackedBatch, plan_feeds, run_calls
+
+    ex = example_inputs(PagedCausalLM(hf).eval(), LIMITS["kv_block_size"])
+    batch = PackedBatch(**{k: ex[k].numpy() for k in ("input_ids", "positions", "slot_mapping", "logits_indices",
+                                                      "query_start_loc", "context_lens", "block_tables")})
+    caches = {}
+    for layer, (k, v) in enumerate(zip(ex["key_caches"], ex["value_caches"])):
+        caches[names.key_cache(layer)], caches[names.value_cache(layer)] = k.numpy(), v.numpy()
+    s, info = session(model, ACC0), llm_info(hf, LIMITS, None)
+    return run_calls(batch, lambda sub: s.run([names.LOGITS], plan_feeds(sub, info) | caches)[0])

@@ -6,7 +6,7 @@ import pytest
 from ingot.plans import llm as names
 from ingot.plans import open_bundle
 from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import cpu_attention_inputs, pack
+from ingot.runtime.llm.batch import cpu_attention_inputs, pack, plan_calls, run_calls, select
 from ingot.runtime.llm.model_runner import ModelRunner
 from tests.conftest import assert_user_error, built, ingot
 
@@ -65,18 +65,26 @@ def test_pack_lays_out_a_ragged_step():
     assert b.context_lens.tolist() == [3, 7] and b.block_tables.tolist() == [[3, 0], [1, 4]]
 
 
-def test_cpu_attention_inputs_mask_padding_and_the_future():
-    b = pack([[7, 8, 9], [5]], past_lens=[0, 6], block_tables=[[3], [1, 4]], block_size=4, logits_rows=[[2], [0]])
+def test_plan_calls_split_a_step_the_way_group_query_attention_takes_it():
+    b = pack([[7], [7, 8, 9], [5], [1, 2, 3], [4, 4]], past_lens=[6, 0, 2, 0, 3], block_tables=[[1, 4], [3], [2], [5], [6, 7]],
+             block_size=4, logits_rows=[[0], [2], [0], [], [1]])
+    assert [c.tolist() for c in plan_calls(b)] == [[0, 2], [1, 3], [4]]  # decodes; scratch prefills of 3; a chunk
+    sub, mine = select(b, np.array([1, 3]))
+    assert sub.input_ids.tolist() == [7, 8, 9, 1, 2, 3] and sub.query_start_loc.tolist() == [0, 3, 6]
+    assert sub.logits_indices.tolist() == [2] and mine.tolist() == [1]  # seq 3 samples nothing
+    assert sub.slot_mapping.tolist() == [12, 13, 14, 20, 21, 22]
+    logits = run_calls(b, lambda sub: sub.input_ids[sub.logits_indices][:, None].astype(np.float32))
+    assert logits[:, 0].tolist() == [7, 9, 5, 4]  # each sampled row back in the step's order
+
+
+def test_cpu_attention_inputs_gather_each_past_token():
+    b = pack([[7], [5]], past_lens=[6, 2], block_tables=[[1, 4], [3]], block_size=4, logits_rows=[[0], [0]])
     feeds = cpu_attention_inputs(b, info())
-    assert feeds[names.ATTN_QUERY_INDEX].tolist() == [[0, 1, 2], [3, 3, 3]]
-    assert feeds[names.ATTN_PAST_BLOCKS].tolist() == [[0, 0], [1, 4]]  # 6 past tokens: two blocks
-    assert feeds[names.ATTN_OUT_INDEX].tolist() == [0, 1, 2, 3]
-    bias = feeds[names.ATTN_BIAS]
-    assert bias.shape == (1, 2, 2 * 3, 8 + 3)  # 2 query heads per KV head, 3 rows each; 8 past + 3 new keys
-    ok = np.isfinite(bias[0])
-    assert not ok[0, 0, :8].any() and ok[0, 2, 8:].all() and ok[0, 0, 8:].tolist() == [True, False, False]
-    assert ok[1, 0, :8].tolist() == [True] * 6 + [False] * 2 and ok[1, 0, 8:].tolist() == [True, False, False]
-    assert np.array_equal(ok[:, :3], ok[:, 3:])  # the two query heads of a group see the same keys
+    assert feeds[names.ATTN_QUERY_SHAPE].tolist() == [2, 1, -1]
+    assert feeds[names.ATTN_PAST_SLOTS].tolist() == [[4, 5, 6, 7, 16, 17], [12, 13, 0, 0, 0, 0]]  # padded with 0
+    assert feeds[names.ATTN_SEQLENS_K].tolist() == [6, 2] and int(feeds[names.ATTN_TOTAL_LEN]) == 7
+    with pytest.raises(AssertionError, match="plan_calls"):
+        cpu_attention_inputs(pack([[7], [5, 6]], [6, 2], [[1, 4], [3]], 4, [[0], [1]]), info())
 
 
 def test_runner_decodes_through_the_cache_like_a_full_forward(llama_bundle, hf):
@@ -107,6 +115,18 @@ def test_kv_cache_smaller_than_one_sequence_is_refused(llama_bundle):
 
     with pytest.raises(RunError, match="holds fewer tokens than max_model_len 256"):
         ModelRunner(llama_bundle, kv_cache_memory=4096)
+
+
+def test_a_bundle_with_another_attention_lowering_is_refused(llama_bundle, tmp_path):
+    import json
+    import shutil
+
+    old = shutil.copytree(llama_bundle, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    for target in manifest["targets"].values():
+        target["build_options"]["attention"] = "gather-v1"  # what earlier versions wrote
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(ingot("run", str(old), "--prompt", "hi", "--max-tokens", "2"), "gather-v1", "rebuild")
 
 
 def test_build_limits_and_layout(tiny_llama_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""The packed, ragged batch of one step, and the cpu lowering's attention inputs for it.
+"""The packed, ragged batch of one step, its plan calls, and the cpu lowering's attention inputs.
 
 Pure numpy; the model runner feeds these to the plan. Names of the plan's inputs are in
 ingot.plans.llm.
@@ -6,7 +6,7 @@ ingot.plans.llm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,33 +73,68 @@ def pack(
     )
 
 
+def plan_calls(batch: PackedBatch) -> list[np.ndarray]:
+    """The sequences of each plan call, in order of first appearance: the decodes (one new token)
+    together, prefills from scratch grouped by length, and every other chunk (a past beside
+    S > 1 tokens) alone. GroupQueryAttention, which the cpu lowering runs, takes one S per call
+    and a past beside S > 1 only for one sequence."""
+    groups: dict[object, list[int]] = {}
+    for b, (new, past) in enumerate(zip(batch.new_lens.tolist(), batch.past_lens.tolist())):
+        key = "decode" if new == 1 else ("scratch", new) if past == 0 else ("chunk", b)
+        groups.setdefault(key, []).append(b)
+    return [np.array(g) for g in groups.values()]
+
+
+def select(batch: PackedBatch, seqs: np.ndarray) -> tuple[PackedBatch, np.ndarray]:
+    """The sub-batch of sequences `seqs`, and which of `batch.logits_indices` it returns."""
+    qsl = batch.query_start_loc
+    rows = np.concatenate([np.arange(qsl[b], qsl[b + 1]) for b in seqs])
+    local = np.full(batch.num_tokens, -1, np.int64)
+    local[rows] = np.arange(len(rows))
+    mine = np.flatnonzero(local[batch.logits_indices] >= 0)
+    sub = PackedBatch(
+        input_ids=batch.input_ids[rows],
+        positions=batch.positions[rows],
+        slot_mapping=batch.slot_mapping[rows],
+        logits_indices=local[batch.logits_indices[mine]],
+        query_start_loc=np.concatenate([[0], np.cumsum(batch.new_lens[seqs])]).astype(np.int64),
+        context_lens=batch.context_lens[seqs],
+        block_tables=batch.block_tables[seqs],
+    )
+    return sub, mine
+
+
+def run_calls(batch: PackedBatch, run: Callable[[PackedBatch], np.ndarray]) -> np.ndarray:
+    """Logits of `batch` (rows in logits_indices order), from `run(sub_batch) -> logits` over its plan calls."""
+    calls = plan_calls(batch)
+    if len(calls) == 1:
+        return run(batch)
+    parts, order = zip(*((run(sub), mine) for sub, mine in (select(batch, seqs) for seqs in calls)))
+    logits = np.concatenate(parts)
+    out = np.empty_like(logits)
+    out[np.concatenate(order)] = logits
+    return out
+
+
 def plan_feeds(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
-    """The cpu plan's inputs for `batch`, all but the KV caches."""
+    """The cpu plan's inputs for one plan call (see plan_calls), all but the KV caches."""
     feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
              names.LOGITS_INDICES: batch.logits_indices}
     return feeds | cpu_attention_inputs(batch, info)
 
 
 def cpu_attention_inputs(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
-    """The `attn.*` inputs of the cpu lowering (gather-v1), shared by every layer."""
-    block_size, group = info.kv_block_size, info.num_heads // info.num_kv_heads
+    """The `attn.*` inputs of the cpu lowering (gqa-v1), shared by every layer."""
     new, past = batch.new_lens, batch.past_lens
-    num_seqs, s_max = len(new), int(new.max())
-    i = np.arange(s_max)
-    query_index = batch.query_start_loc[:-1, None] + np.minimum(i[None, :], new[:, None] - 1)
-    num_past_blocks = -(-past // block_size)
-    mb = int(num_past_blocks.max())
-    past_blocks = np.where(np.arange(mb)[None, :] < num_past_blocks[:, None], batch.block_tables[:, :mb], 0)
-    past_ok = np.arange(mb * block_size)[None, :] < past[:, None]  # [B, MB * block]
-    # query i (of b's new tokens) sees every valid past key and new keys j' <= i, j' < new[b]
-    new_ok = (i[None, None, :] <= i[None, :, None]) & (i[None, None, :] < new[:, None, None])  # [B, S, S]
-    allowed = np.concatenate([np.broadcast_to(past_ok[:, None, :], (num_seqs, s_max, mb * block_size)), new_ok], axis=2)
-    bias = np.tile(np.where(allowed, np.float32(0), np.float32(-np.inf))[None], (1, 1, group, 1))
-    seq = np.repeat(np.arange(num_seqs), new)
-    out_index = seq * s_max + (np.arange(batch.num_tokens) - batch.query_start_loc[seq])
+    s = int(new[0])
+    assert (new == s).all() and (s == 1 or len(new) == 1 or not past.any()), "not one plan call (see plan_calls)"
+    width = int(past.max())
+    pos = np.arange(width)
+    block = batch.block_tables[:, pos // info.kv_block_size]  # [B, P]
+    slots = np.where(pos[None, :] < past[:, None], block * info.kv_block_size + pos % info.kv_block_size, 0)
     return {
-        names.ATTN_QUERY_INDEX: query_index.astype(np.int64),
-        names.ATTN_PAST_BLOCKS: past_blocks.astype(np.int64),
-        names.ATTN_BIAS: np.ascontiguousarray(bias, dtype=np.float32),
-        names.ATTN_OUT_INDEX: out_index.astype(np.int64),
+        names.ATTN_QUERY_SHAPE: np.array([len(new), s, -1], np.int64),
+        names.ATTN_PAST_SLOTS: slots.astype(np.int64),
+        names.ATTN_SEQLENS_K: (past + new - 1).astype(np.int32),
+        names.ATTN_TOTAL_LEN: np.array(width + s, np.int32),
     }

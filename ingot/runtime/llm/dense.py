@@ -1,7 +1,7 @@
 """A paged plan seen as a dense causal LM: `{input_ids, attention_mask} [B, S] -> logits [B, S, V]`.
 
 Each row's unmasked tokens are one sequence prefilled from scratch (positions 0..n-1), all
-rows in one packed step; masked positions get zero logits. This is what `Model.run`,
+rows in one packed step (one plan call per row length); masked positions get zero logits. This is what `Model.run`,
 perplexity and the build's verification and accuracy gate use on a paged bundle.
 """
 
@@ -13,19 +13,16 @@ import numpy as np
 
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import pack, plan_feeds
+from ingot.runtime.llm.batch import PackedBatch, pack, plan_calls, plan_feeds, run_calls, select
 from ingot.runtime.llm.kv_cache import scratch_feeds
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def paged_feeds(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The plan's feeds that prefill each row's unmasked tokens, every row's logits wanted."""
-    rows = [r for r in _rows(input_ids, attention_mask) if len(r)]
-    assert rows, "every row is masked"
-    blocks = [list(range(-(-len(r) // info.kv_block_size))) for r in rows]  # never read: no past
-    batch = pack(rows, [0] * len(rows), blocks, info.kv_block_size, [range(len(r)) for r in rows])
-    return plan_feeds(batch, info) | scratch_feeds(info)
+def paged_feeds(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+    """The plan's feeds, one per plan call, that prefill each row's unmasked tokens, every row's logits wanted."""
+    batch = _packed(info, input_ids, attention_mask)
+    return [plan_feeds(sub, info) | scratch_feeds(info) for sub, _ in (select(batch, s) for s in plan_calls(batch))]
 
 
 def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -33,8 +30,17 @@ def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask:
     out = np.zeros((*input_ids.shape, info.vocab_size), np.float32)
     if mask.any():
         rows, cols = np.nonzero(mask)  # row-major: the packed order
-        out[rows, cols] = run(paged_feeds(info, input_ids, mask))[names.LOGITS]
+        scratch = scratch_feeds(info)
+        out[rows, cols] = run_calls(_packed(info, input_ids, mask),
+                                    lambda sub: run(plan_feeds(sub, info) | scratch)[names.LOGITS])
     return out
+
+
+def _packed(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None) -> PackedBatch:
+    rows = [r for r in _rows(input_ids, attention_mask) if len(r)]
+    assert rows, "every row is masked"
+    blocks = [list(range(-(-len(r) // info.kv_block_size))) for r in rows]  # never read: no past
+    return pack(rows, [0] * len(rows), blocks, info.kv_block_size, [range(len(r)) for r in rows])
 
 
 def _rows(input_ids: np.ndarray, attention_mask: np.ndarray | None) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
 from ingot.runtime.errors import RunError
-from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds
+from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds, run_calls
 from ingot.runtime.llm.kv_cache import KVCache, num_blocks_for
 from ingot.runtime.llm.scheduler_output import SchedulerOutput
 
@@ -50,28 +50,20 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> np.ndarray:
         """Run one step; float32 logits [len(out.sampling), vocab] in `out.sampling` order.
 
-        A step that mixes decodes with prefill chunks runs as two plan calls, decodes first:
-        the cpu attention pads every sequence's queries to the step's longest, so 15 decodes
-        beside one 128-token chunk would otherwise cost 16 x 128 query rows of attention.
+        The step is one packed batch; it runs as one plan call per batch.plan_calls (the decodes
+        together, each prefill chunk alone), so a decode never pays for a chunk's query rows.
         """
         assert not out.is_empty
         assert out.num_tokens <= self.info.max_num_tokens and out.num_seqs <= self.info.max_num_seqs, out
         seqs = out.sequences
-        parts, order = [], []
-        for group in _by_query_length(seqs):
-            parts.append(self._run([seqs[i] for i in group]))
-            order += [i for i in group if seqs[i].samples]
-        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return logits if order == sorted(order) else logits[np.argsort(order)]
-
-    def _run(self, seqs: list) -> np.ndarray:
         batch = pack([s.token_ids for s in seqs], [s.num_computed_tokens for s in seqs],
                      [s.block_table for s in seqs], self.info.kv_block_size,
                      [[s.num_new_tokens - 1] if s.samples else [] for s in seqs])
         assert np.array_equal(batch.slot_mapping, np.concatenate([s.slot_mapping for s in seqs])), "slot mismatch"
-        return self.forward(batch)
+        return run_calls(batch, self.forward)
 
     def forward(self, batch: PackedBatch) -> np.ndarray:
+        """One plan call (see batch.plan_calls): its logits rows; the new K/V go into the pool."""
         outputs = self.model.backend.run(plan_feeds(batch, self.info) | self.kv.feeds)
         self.kv.write(batch.slot_mapping, outputs)
         return outputs[names.LOGITS]
@@ -82,14 +74,6 @@ class ModelRunner:
                 "kv_cache_bytes": self.kv_cache_bytes, "max_cached_tokens": self.max_cached_tokens,
                 "max_model_len": self.info.max_model_len, "max_num_seqs": self.info.max_num_seqs,
                 "max_num_tokens": self.info.max_num_tokens}
-
-
-def _by_query_length(seqs) -> list[list[int]]:
-    """Indices of `seqs` in plan calls: the decodes (one new token), then the rest; one call
-    when the step is all one or the other."""
-    decode = [i for i, s in enumerate(seqs) if s.num_new_tokens == 1]
-    rest = [i for i, s in enumerate(seqs) if s.num_new_tokens != 1]
-    return [g for g in (decode, rest) if g]
 
 
 def _chat_template(root: Path) -> str | None:
