@@ -268,12 +268,12 @@ def test_async_shutdown_ends_pending_streams(runner):
 
 
 def test_a_mixed_step_runs_decodes_and_prefills_apart_with_the_same_logits(runner):
-    """A prefill chunk listed before a decode: two plan calls, logits back in step order, equal
-    to each sequence run alone."""
+    """A prefill listed before a decode: two plan calls (GroupQueryAttention takes one query
+    length per call), logits back in step order, equal to each sequence run alone."""
     import numpy as np
 
     from ingot.runtime.llm.scheduler_output import ScheduledSequence, SchedulerOutput
-    from ingot.runtime.llm.model_runner import _by_query_length
+    from ingot.runtime.llm.batch import pack, plan_calls
 
     bs = runner.info.kv_block_size
 
@@ -287,7 +287,8 @@ def test_a_mixed_step_runs_decodes_and_prefills_apart_with_the_same_logits(runne
     prefill = seq("p", list(range(40, 40 + bs + 3)), 0, [5, 6])
     decode = seq("d", [7], 2 * bs, [1, 2, 3])
     step = SchedulerOutput((prefill, decode))
-    assert _by_query_length(step.sequences) == [[1], [0]]
+    batch = pack([s.token_ids for s in step.sequences], [0, 2 * bs], [[5, 6], [1, 2, 3]], bs, [[bs + 2], [0]])
+    assert [c.tolist() for c in plan_calls(batch)] == [[0], [1]]  # two calls: the prefill, the decode
     mixed = runner.execute(step)
     alone = np.concatenate([runner.execute(SchedulerOutput((s,))) for s in (prefill, decode)])
     assert mixed.shape == (2, runner.info.vocab_size)
