@@ -58,6 +58,9 @@ class KVCache:
         self.pool = np.zeros(shape, dtype=np.float32)
         self.feeds = {name: self.pool[layer, kv] for layer in range(info.num_layers)
                       for kv, name in ((0, names.key_cache(layer)), (1, names.value_cache(layer)))}
+        # the same memory as [layer, k|v, head, slot, dim]: one index array per write, numpy's fast path
+        # (indexing block and offset apart measured 0.09 to 5 ms for one token, depending on the pool, against 0.1 ms)
+        self._slots = self.pool.reshape(*shape[:3], num_blocks * info.kv_block_size, info.head_dim)
 
     @property
     def nbytes(self) -> int:
@@ -69,10 +72,9 @@ class KVCache:
 
     def write(self, slot_mapping: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
         """Store the step's new K/V (`present.L.key/value`, [T, kv_heads, dim]) at their slots."""
-        block, offset = np.divmod(slot_mapping, self.info.kv_block_size)
-        for layer in range(self.info.num_layers):  # pool[layer, k|v, head, block, offset] = row
-            self.pool[layer, 0, :, block, offset] = outputs[names.present_key(layer)]
-            self.pool[layer, 1, :, block, offset] = outputs[names.present_value(layer)]
+        for layer in range(self.info.num_layers):  # slots[layer, k|v, head, slot] = row
+            self._slots[layer, 0][:, slot_mapping] = outputs[names.present_key(layer)].transpose(1, 0, 2)
+            self._slots[layer, 1][:, slot_mapping] = outputs[names.present_value(layer)].transpose(1, 0, 2)
 
 
 def scratch_feeds(info: LLMInfo) -> dict[str, np.ndarray]:
