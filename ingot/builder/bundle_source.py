@@ -16,6 +16,7 @@ from ingot.builder.errors import SourceError
 from ingot.builder.sources import LoadedModel
 from ingot.builder.spec import DimSpec
 from ingot.plans import BundleError, open_bundle
+from ingot.plans.llm import lowering_problem
 
 
 def load_bundle(root: Path) -> LoadedModel:
@@ -29,6 +30,9 @@ def load_bundle(root: Path) -> LoadedModel:
     cpu = next((t for t in m.targets.values() if t.device == "cpu"), None)
     if cpu is None:
         raise SourceError(f"bundle {root} has no cpu target to read the graph from (targets: {', '.join(m.targets)})")
+    problem = lowering_problem(cpu.build_options) if m.llm is not None else None
+    if problem:
+        raise SourceError(f"cannot use bundle {root} as a source: {problem}; rebuild it from the original model")
     dims = {
         spec.name: {a: DimSpec(d.name, d.min, d.max) for a, d in enumerate(spec.shape) if not isinstance(d, int)}
         for spec in m.inputs

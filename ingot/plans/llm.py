@@ -27,6 +27,15 @@ ATTN_SEQLENS_K = "attn.seqlens_k"  # [B] int32: past + new - 1 per sequence
 ATTN_TOTAL_LEN = "attn.total_len"  # [] int32: max(past + new)
 
 
+def lowering_problem(build_options: dict) -> str | None:
+    """Why a paged plan's cpu target, built with `build_options`, does not fit this version's
+    runtime (its attention was lowered another way), or None when it does."""
+    lowering = build_options.get("attention")
+    if lowering == CPU_LOWERING:
+        return None
+    return f"its cpu attention is lowered as {lowering!r}, and this version of ingot runs {CPU_LOWERING!r}"
+
+
 def key_cache(layer: int) -> str:
     return f"key_cache.{layer}"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ingot.plans import Bundle, Host, Target, detect_host, open_bundle, select_target
-from ingot.plans.llm import CPU_LOWERING
+from ingot.plans.llm import lowering_problem
 from ingot.runtime.errors import InputError, RunError
 from ingot.runtime.inputs import check_feeds
 from ingot.runtime.ort_backend import OrtBackend
@@ -79,10 +79,9 @@ def load(root: Path, target: str | None = None, host: Host | None = None, thread
             f"target {chosen.name} uses {chosen.backend}, which this runtime cannot execute yet; "
             f"run the CPU target with --target {(host or detect_host()).cpu} if the bundle has one"
         )
-    lowering = chosen.build_options.get("attention")
-    if bundle.manifest.llm is not None and lowering != CPU_LOWERING:
-        raise RunError(f"{root}: its cpu attention is lowered as {lowering!r}, and this runtime runs {CPU_LOWERING!r}: "
-                       "rebuild the bundle with this version of ingot")
+    problem = lowering_problem(chosen.build_options) if bundle.manifest.llm is not None else None
+    if problem:
+        raise RunError(f"{root}: {problem}: rebuild the bundle with this version of ingot")
     tokenizer = TextTokenizer(bundle.root, bundle.manifest.tokenizer) if bundle.manifest.tokenizer else None
     return Model(bundle, chosen, OrtBackend(bundle.path(chosen.entrypoint), chosen.session_config, threads), tokenizer)
 

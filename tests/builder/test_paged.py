@@ -127,6 +127,10 @@ def test_a_bundle_with_another_attention_lowering_is_refused(llama_bundle, tmp_p
         target["build_options"]["attention"] = "gather-v1"  # what earlier versions wrote
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert_user_error(ingot("run", str(old), "--prompt", "hi", "--max-tokens", "2"), "gather-v1", "rebuild")
+    # nor built from: its graph would be quantized and labelled with this version's lowering
+    out = tmp_path / "int4"
+    assert_user_error(ingot("build", str(old), "--quant", "int4", "-o", str(out)), "gather-v1", "rebuild")
+    assert not out.exists()
 
 
 def test_build_limits_and_layout(tiny_llama_dir, tmp_path):
