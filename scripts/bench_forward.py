@@ -20,8 +20,9 @@ import numpy as np
 def main() -> None:
     import onnxruntime as ort
 
+    from ingot.plans import detect_host, open_bundle, select_target
     from ingot.runtime.llm.batch import pack, plan_feeds
-    from ingot.runtime.llm.model_runner import ModelRunner
+    from ingot.runtime.llm.kv_cache import scratch_feeds
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("plans", type=Path, nargs="+")
@@ -31,20 +32,21 @@ def main() -> None:
     ap.add_argument("--spin", action=argparse.BooleanOptionalAction, default=False,
                     help="ONNX Runtime's spinning threads (off: sessions in one process do not steal each other's cores)")
     args = ap.parse_args()
-    runners = [ModelRunner(p, kv_cache_memory=1 << 28, threads=args.threads) for p in args.plans]
     tokens = np.random.default_rng(0).integers(100, 20000, args.tokens).tolist()
     sessions, feeds = [], []
-    for r in runners:
+    for plan in args.plans:
+        bundle = open_bundle(plan)
+        info, target = bundle.manifest.llm, select_target(bundle.manifest, detect_host(), None)
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if args.spin else "0")
-        for key, value in r.model.target.session_config.items():
+        for key, value in target.session_config.items():
             options.add_session_config_entry(key, value)
-        sessions.append(ort.InferenceSession(str(r.model.bundle.path(r.model.target.entrypoint)), options,
+        sessions.append(ort.InferenceSession(str(bundle.path(target.entrypoint)), options,
                                              providers=["CPUExecutionProvider"]))
-        blocks = list(range(-(-args.tokens // r.info.kv_block_size)))
-        feeds.append(plan_feeds(pack([tokens], [0], [blocks], r.info.kv_block_size, [[args.tokens - 1]]), r.info)
-                     | r.kv.feeds)
+        blocks = list(range(-(-args.tokens // info.kv_block_size)))  # never read: no past
+        feeds.append(plan_feeds(pack([tokens], [0], [blocks], info.kv_block_size, [[args.tokens - 1]]), info)
+                     | scratch_feeds(info))
     times: list[list[float]] = [[] for _ in sessions]
     for call in range(args.calls + 1):
         for i, (s, f) in enumerate(zip(sessions, feeds)):

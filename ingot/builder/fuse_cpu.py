@@ -240,7 +240,7 @@ def _fuse_rotary(model: onnx.ModelProto, shapes: dict, max_positions: int) -> in
     dead: set[str] = set()
     for nodes, reshape, heads, cos, sin, out in matches:
         if (cos, sin) not in tables:
-            tables[cos, sin] = _rotary_tables(model, cos, sin, max_positions, len(tables), shapes, reshape.input[0])
+            tables[cos, sin] = _rotary_tables(model, index, cos, sin, max_positions, len(tables), shapes, reshape.input[0])
         if tables[cos, sin] is None:
             continue
         cos_cache, sin_cache, position_ids, _ = tables[cos, sin]
@@ -331,13 +331,13 @@ def _is_half(node: onnx.NodeProto, dim: int, index: _Index) -> bool:
     return (start.tolist(), min(int(end[0]), dim)) in (([0], half), ([half], dim))
 
 
-def _rotary_tables(model: onnx.ModelProto, cos: str, sin: str, max_positions: int, n: int, shapes: dict, x: str):
+def _rotary_tables(model: onnx.ModelProto, index: _Index, cos: str, sin: str, max_positions: int, n: int,
+                   shapes: dict, x: str):
     """(cos_cache, sin_cache, position_ids, positions) names: the graph's cos/sin for positions
     0..max_positions-1 as [max_positions, dim/2] initializers, or None when they are not a
     function of one positions input [T] for the tokens of `x` [1, T, hidden], or not
     rotate-half tables."""
     graph = model.graph
-    index = _Index(graph)
     nodes, sources, seen, todo = [], set(), set(), [cos, sin]
     inputs = {i.name: i for i in graph.input}
     while todo:

@@ -11,13 +11,12 @@ from ingot.builder.config import BuildConfig
 from ingot.builder.errors import BuildError, VerificationError
 from ingot.builder.sources import LoadedModel
 from ingot.plans import DynamicDim, TargetName, TensorSpec
-from ingot.plans.llm import CPU_LOWERING, LLMInfo
+from ingot.plans.llm import LLMInfo
 
 if TYPE_CHECKING:
     import onnx
 
 DEFAULT_MAX_MODEL_LEN = 2048
-LOWERING = CPU_LOWERING  # ingot.builder.lower_cpu
 
 
 def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName]):

@@ -27,7 +27,7 @@ from ingot.builder.sources import LoadedModel, load_source
 from ingot.builder.tensorrt import check_tensorrt_target, compile_tensorrt
 from ingot.builder.verify import verify_outputs
 from ingot.plans import SCHEMA_VERSION, BundleWriter, Manifest, ModelInfo, Target, TargetName, TokenizerInfo, detect_host
-from ingot.plans.llm import LLMInfo
+from ingot.plans.llm import CPU_LOWERING, LLMInfo
 from ingot.runtime.llm.dense import dense_runner
 
 Stage = Callable[[str], AbstractContextManager]
@@ -124,7 +124,7 @@ def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: Bui
         built = compile_cpu(graphs.plan_model, target, writer, cfg.opset, config, max_positions)
         if graphs.llm is None:
             return built
-        return built.model_copy(update={"build_options": {**built.build_options, "attention": paged.LOWERING}})
+        return built.model_copy(update={"build_options": {**built.build_options, "attention": CPU_LOWERING}})
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:  # TensorRT's parser reads from a file
