@@ -16,13 +16,13 @@ LOGITS = "logits"
 # The contract's attention metadata; a cpu lowering replaces it with the ATTN_* inputs.
 SLOT_MAPPING, BLOCK_TABLES, CONTEXT_LENS, QUERY_START_LOC = "slot_mapping", "block_tables", "context_lens", "query_start_loc"
 # KV caches are [kv_heads, num_blocks, block_size, head_dim] per layer: a block of one head is contiguous,
-# and gathering a sequence's blocks gives [kv_heads, B, tokens, head_dim] with no transpose.
-# cpu lowering "gqa-v1" (ONNX Runtime's GroupQueryAttention over the gathered past): per plan call,
-# computed by the runtime from the block tables. One call holds sequences that all add S new tokens,
-# and only one sequence when S > 1 and it has a past (the kernel's limits): ingot.runtime.llm.batch.
-CPU_LOWERING = "gqa-v1"
+# so the past of a sequence is gathered a whole block of one head at a time.
+# cpu lowering "gqa-v2" (ONNX Runtime's GroupQueryAttention over the gathered past blocks): per plan
+# call, computed by the runtime from the block tables. One call holds sequences that all add S new
+# tokens, and only one sequence when S > 1 and it has a past (the kernel's limits): ingot.runtime.llm.batch.
+CPU_LOWERING = "gqa-v2"
 ATTN_QUERY_SHAPE = "attn.query_shape"  # [3] int64: [B, S, -1], the packed rows as B sequences of S tokens
-ATTN_PAST_SLOTS = "attn.past_slots"  # [B, P] int64: cache slot of each past token (block * block_size + offset), pad 0
+ATTN_PAST_BLOCKS = "attn.past_blocks"  # [B, NB] int64: the blocks holding each sequence's past, in order, pad 0
 ATTN_SEQLENS_K = "attn.seqlens_k"  # [B] int32: past + new - 1 per sequence
 ATTN_TOTAL_LEN = "attn.total_len"  # [] int32: max(past + new)
 
@@ -51,6 +51,22 @@ def present_key(layer: int) -> str:
 
 def present_value(layer: int) -> str:
     return f"present.{layer}.value"
+
+
+# cpu lowering outputs, per layer and k|v: the past blocks gathered for GroupQueryAttention
+# [B, kv_heads, NB, block_size * head_dim], and the kernel's present [B, kv_heads, NB * block_size, head_dim].
+# The runtime binds both to one buffer, so the kernel appends the new rows in place instead of
+# copying the past (ONNX Runtime's past/present share-buffer mode); nothing reads them back.
+def window(layer: int, kv: str) -> str:
+    return f"window.{layer}.{kv}"
+
+
+def window_present(layer: int, kv: str) -> str:
+    return f"window.{layer}.{kv}.present"
+
+
+def is_window(name: str) -> bool:
+    return name.startswith("window.")
 
 
 class LLMInfo(BaseModel):

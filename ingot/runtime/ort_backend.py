@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ingot.plans.llm import is_window
+
 
 class OrtBackend:
     def __init__(self, model: Path | str | bytes, session_config: dict[str, str], threads: int | None = None):
@@ -20,7 +22,30 @@ class OrtBackend:
             options.add_session_config_entry(key, value)
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        # a paged plan's windows are scratch, never fetched (see ingot.plans.llm.window)
+        self.output_names = [o.name for o in self.session.get_outputs() if not is_window(o.name)]
+        self._binding, self._bound = None, {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def run_bound(self, feeds: dict[str, np.ndarray], buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`run`, with the outputs in `buffers` written into those arrays (C-contiguous float32) and
+        not returned. One binding is kept: an input or buffer passed again as the same array is not rebound."""
+        if self._binding is None:
+            self._binding = self.session.io_binding()
+        binding, bound = self._binding, self._bound
+        for name in self.output_names:  # fresh each run: a kept output would have last run's shape
+            binding.bind_output(name, "cpu")
+        for name, value in feeds.items():
+            if bound.get(name) is not value:
+                binding.bind_cpu_input(name, value)
+                bound[name] = value
+        for name, buffer in buffers.items():
+            if bound.get(name) is not buffer:
+                assert buffer.flags.c_contiguous and buffer.dtype == np.float32, name
+                binding.bind_output(name, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+                bound[name] = buffer
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()  # in binding order: output_names first
+        return {name: values[i].numpy() for i, name in enumerate(self.output_names)}

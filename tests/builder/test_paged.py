@@ -77,11 +77,11 @@ def test_plan_calls_split_a_step_the_way_group_query_attention_takes_it():
     assert logits[:, 0].tolist() == [7, 9, 5, 4]  # each sampled row back in the step's order
 
 
-def test_cpu_attention_inputs_gather_each_past_token():
-    b = pack([[7], [5]], past_lens=[6, 2], block_tables=[[1, 4], [3]], block_size=4, logits_rows=[[0], [0]])
+def test_cpu_attention_inputs_gather_each_past_block():
+    b = pack([[7], [5]], past_lens=[6, 2], block_tables=[[1, 4], [3, 8]], block_size=4, logits_rows=[[0], [0]])
     feeds = cpu_attention_inputs(b, info())
     assert feeds[names.ATTN_QUERY_SHAPE].tolist() == [2, 1, -1]
-    assert feeds[names.ATTN_PAST_SLOTS].tolist() == [[4, 5, 6, 7, 16, 17], [12, 13, 0, 0, 0, 0]]  # padded with 0
+    assert feeds[names.ATTN_PAST_BLOCKS].tolist() == [[1, 4], [3, 0]]  # block 8 holds no past: padded with 0
     assert feeds[names.ATTN_SEQLENS_K].tolist() == [6, 2] and int(feeds[names.ATTN_TOTAL_LEN]) == 7
     with pytest.raises(AssertionError, match="plan_calls"):
         cpu_attention_inputs(pack([[7], [5, 6]], [6, 2], [[1, 4], [3]], 4, [[0], [1]]), info())
@@ -99,6 +99,36 @@ def test_runner_decodes_through_the_cache_like_a_full_forward(llama_bundle, hf):
     for p in range(9, len(seq)):  # one token at a time, every earlier K/V read from the pool
         got.append(runner.forward(pack([[seq[p]]], [p], [table], 16, [[0]]))[0])
     assert np.abs(np.array(got) - want[8:]).max() < 1e-4
+
+
+def test_windows_bound_in_place_give_the_plain_run_logits(llama_bundle):
+    """The runner binds each layer's gathered past and GroupQueryAttention's present to one buffer
+    (the kernel then appends in place); a plain run of the same plan call allocates both."""
+    from ingot.runtime.llm.batch import plan_feeds
+
+    runner = ModelRunner(llama_bundle, kv_cache_memory=1 << 20)
+    rng = np.random.default_rng(0)
+    runner.kv.pool[...] = rng.standard_normal(runner.kv.pool.shape, dtype=np.float32)
+    backend, info = runner.model.backend, runner.info
+    steps = [pack([[5], [9], [3]], [40, 17, 33], [[1, 2, 3], [4, 5], [6, 7, 8]], 16, [[0], [0], [0]]),  # decodes
+             pack([[5, 6, 7, 8]], [30], [[9, 10, 11]], 16, [[3]]),  # a chunk after a past
+             pack([[5, 6, 7], [1, 2, 3]], [0, 0], [[12], [13]], 16, [[2], [2]])]  # prefills from scratch
+    for batch in steps * 2:  # the second round reuses the windows bound in the first
+        feeds = plan_feeds(batch, info) | runner.kv.feeds
+        buffers = runner.windows.buffers(*feeds[names.ATTN_PAST_BLOCKS].shape)
+        bound = backend.run_bound(feeds, buffers)
+        plain = backend.run(feeds)
+        assert set(bound) == set(plain) and not any(names.is_window(n) for n in plain)
+        for name in plain:
+            np.testing.assert_allclose(bound[name], plain[name], atol=1e-5, err_msg=name)
+        window = buffers[names.window(0, "key")]  # after the call: the past blocks, then the new rows
+        b, blocks = 0, feeds[names.ATTN_PAST_BLOCKS][0]
+        past = int(batch.past_lens[b])
+        rows = runner.kv.pool[0, 0][:, blocks].reshape(info.num_kv_heads, -1, info.head_dim)[:, :past]
+        np.testing.assert_array_equal(window[b].reshape(info.num_kv_heads, -1, info.head_dim)[:, :past], rows)
+        new = plain[names.present_key(0)][: batch.new_lens[b]].transpose(1, 0, 2)
+        got = window[b].reshape(info.num_kv_heads, -1, info.head_dim)[:, past:past + batch.new_lens[b]]
+        np.testing.assert_allclose(got, new, atol=1e-6)  # the new rows appended in the bound buffer
 
 
 def test_manifest_records_the_limits_and_the_runtime_obeys_them(llama_bundle):

@@ -124,17 +124,17 @@ def plan_feeds(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
 
 
 def cpu_attention_inputs(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
-    """The `attn.*` inputs of the cpu lowering (gqa-v1), shared by every layer."""
+    """The `attn.*` inputs of the cpu lowering (gqa-v2), shared by every layer."""
     new, past = batch.new_lens, batch.past_lens
     s = int(new[0])
     assert (new == s).all() and (s == 1 or len(new) == 1 or not past.any()), "not one plan call (see plan_calls)"
     width = int(past.max())
-    pos = np.arange(width)
-    block = batch.block_tables[:, pos // info.kv_block_size]  # [B, P]
-    slots = np.where(pos[None, :] < past[:, None], block * info.kv_block_size + pos % info.kv_block_size, 0)
+    used = -(-past // info.kv_block_size)  # blocks holding each sequence's past
+    nb = -(-(width + s) // info.kv_block_size)  # the window covers past + new: the kernel's present has its shape
+    blocks = np.where(np.arange(nb)[None, :] < used[:, None], batch.block_tables[:, :nb], 0)
     return {
         names.ATTN_QUERY_SHAPE: np.array([len(new), s, -1], np.int64),
-        names.ATTN_PAST_SLOTS: slots.astype(np.int64),
+        names.ATTN_PAST_BLOCKS: blocks.astype(np.int64),
         names.ATTN_SEQLENS_K: (past + new - 1).astype(np.int32),
         names.ATTN_TOTAL_LEN: np.array(width + s, np.int32),
     }
