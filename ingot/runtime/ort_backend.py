@@ -29,14 +29,15 @@ class OrtBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
-    def run_bound(self, feeds: dict[str, np.ndarray], buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`run`, with the outputs in `buffers` written into those arrays (C-contiguous float32) and
-        not returned. One binding is kept: an input or buffer passed again as the same array is not rebound."""
+    def run_bound(self, feeds: dict[str, np.ndarray], buffers: dict[str, np.ndarray]) -> None:
+        """`run`, writing every output into its array in `buffers` (C-contiguous float32, of the
+        call's output shapes). One binding is kept: an input or a buffer passed again as the same
+        array is not bound again, so a call of shapes seen before binds only its new inputs."""
         if self._binding is None:
             self._binding = self.session.io_binding()
+            self._all_outputs = {o.name for o in self.session.get_outputs()}
+        assert self._all_outputs <= buffers.keys(), self._all_outputs - buffers.keys()
         binding, bound = self._binding, self._bound
-        for name in self.output_names:  # fresh each run: a kept output would have last run's shape
-            binding.bind_output(name, "cpu")
         for name, value in feeds.items():
             if bound.get(name) is not value:
                 binding.bind_cpu_input(name, value)
@@ -47,5 +48,3 @@ class OrtBackend:
                 binding.bind_output(name, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
                 bound[name] = buffer
         self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()  # in binding order: output_names first
-        return {name: values[i].numpy() for i, name in enumerate(self.output_names)}

@@ -1,7 +1,7 @@
 """`ModelRunner`: executes a scheduler step on a paged plan and keeps the KV pool.
 
 execute(step) = pack the scheduled sequences into one ragged batch → the cpu attention
-inputs → run the plan over the pool (its windows bound to reused scratch, see windows.py) →
+inputs → run the plan over the pool, its outputs bound to reused arrays (plan_outputs.py) →
 write the new K/V at their slots → the logits of the sequences that sample.
 # READY
 """
@@ -19,7 +19,7 @@ from ingot.runtime.errors import RunError
 from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds, run_calls
 from ingot.runtime.llm.kv_cache import KVCache, num_blocks_for
 from ingot.runtime.llm.scheduler_output import SchedulerOutput
-from ingot.runtime.llm.windows import Windows
+from ingot.runtime.llm.plan_outputs import PlanOutputs
 
 
 class ModelRunner:
@@ -37,7 +37,7 @@ class ModelRunner:
         self.info: LLMInfo = info
         self.num_blocks = num_blocks_for(info, kv_cache_memory)
         self.kv = KVCache(info, self.num_blocks)
-        self.windows = Windows(info)
+        self.outputs = PlanOutputs(info)
         self.tokenizer = self.model.tokenizer
         self.chat_template = _chat_template(self.model.bundle.root)
 
@@ -67,9 +67,10 @@ class ModelRunner:
     def forward(self, batch: PackedBatch) -> np.ndarray:
         """One plan call (see batch.plan_calls): its logits rows; the new K/V go into the pool."""
         feeds = plan_feeds(batch, self.info) | self.kv.feeds
-        outputs = self.model.backend.run_bound(feeds, self.windows.buffers(*feeds[names.ATTN_PAST_BLOCKS].shape))
+        outputs = self.outputs.buffers(len(batch.logits_indices), batch.num_tokens, *feeds[names.ATTN_PAST_BLOCKS].shape)
+        self.model.backend.run_bound(feeds, outputs)
         self.kv.write(batch.slot_mapping, outputs)
-        return outputs[names.LOGITS]
+        return outputs[names.LOGITS].copy()  # the arrays are reused by the next call
 
     def report(self) -> dict[str, int]:
         """What the KV pool holds (printed at load)."""
