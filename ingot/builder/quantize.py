@@ -37,7 +37,7 @@ def quant_spec(cfg: BuildConfig):
         return QuantSpec(
             scheme=cfg.quant, block_size=cfg.block_size, exclude=cfg.exclude, calib_method=cfg.calib_method,
             accuracy_level=cfg.accuracy_level, quantize_lm_head=cfg.quant_lm_head, gptq=cfg.gptq,
-            massive_ratio=cfg.massive_ratio or None,
+            massive_ratio=cfg.massive_ratio or None, keep_sensitive=cfg.keep_sensitive,
         )
     except ValidationError as e:
         raise BuildError(f"--quant {cfg.quant}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None

@@ -59,5 +59,5 @@ def quantize(
         percentile = spec.calib_method == "percentile"
         rows, values = (0, MAX_VALUES) if percentile else (spec.search_rows if spec.smooth else 0, 0)
         stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=rows, max_values=values)
-        qmodel, report = quantize_fp8(model, spec, stats)
+        qmodel, report = quantize_fp8(model, spec, stats, calib_feeds)
     return qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)})

@@ -27,6 +27,7 @@ from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import fp8_activation_scale, fp8_quantize_channels
 from ingot.quant.report import QuantReport, SkippedLayer, SmoothChoice, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
+from ingot.quant.sensitivity import keep_sensitive, layer_drift
 from ingot.quant.spec import QuantSpec
 
 MIN_OPSET = 19  # FLOAT8 QuantizeLinear/DequantizeLinear
@@ -60,14 +61,33 @@ def fp8_activations(model: onnx.ModelProto, spec: QuantSpec) -> list[str]:
 
 
 def quantize_fp8(
-    model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats]
+    model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats],
+    feeds: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, QuantReport]:
-    """FP8 Q/DQ around every eligible layer; `stats` from `calibrate` on `fp8_activations`."""
+    """FP8 Q/DQ around every eligible layer; `stats` from `calibrate` on `fp8_activations`.
+    With `spec.keep_sensitive`, the calibration `feeds` rank the layers (sensitivity.py)."""
     assert spec.scheme == "fp8", spec.scheme
-    model = prepared_copy(model, MIN_OPSET)
     layers, skipped = fp8_layers(model, spec)
     layers, massive = keep_massive(layers, stats, spec.massive_ratio)
     skipped += massive
+    if spec.keep_sensitive and len(layers) > 1:
+        if not feeds:
+            raise QuantError("--quant fp8: keep_sensitive needs the calibration feeds")
+        drift = layer_drift(model, layers, lambda layer: _quantize_fp8(model, spec, stats, [layer], skipped), feeds)
+        sensitive = keep_sensitive(drift, min(spec.keep_sensitive, len(layers) - 1))
+        names = {s.name for s in sensitive}
+        return _quantize_fp8(model, spec, stats, [layer for layer in layers if layer.name not in names], skipped + sensitive)
+    return _quantize_fp8(model, spec, stats, layers, skipped)
+
+
+def _quantize_fp8(
+    model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats], layers: list[Layer],
+    skipped: list[SkippedLayer],
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """FP8 Q/DQ around `layers` (found in `model`) in a copy of `model`; `skipped` goes to the report."""
+    model = prepared_copy(model, MIN_OPSET)
+    names = {layer.name for layer in layers}  # the same nodes in the copy (whose indices may differ)
+    layers = [layer for layer in fp8_layers(model, spec)[0] if layer.name in names]
     edit = GraphEditor(model)
     amax: dict[str, float] = {}
     quantized: list[Layer] = []

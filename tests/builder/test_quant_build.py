@@ -159,6 +159,21 @@ def test_block_size_must_be_a_power_of_two(tiny_cnn_py, tmp_path, size):
     assert_user_error(proc, "block size must be a power of two >= 16")
 
 
+def test_keep_sensitive_is_for_fp8(tiny_cnn_py, tmp_path):
+    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "int4", "--keep-sensitive", "2", "-o", tmp_path / "o")
+    assert_user_error(proc, "--keep-sensitive ranks FP8 layers; it does not apply to int4")
+
+
+def test_fp8_keep_sensitive_records_the_float_layers(tiny_cnn_py, tmp_path):
+    np.savez(tmp_path / "c.npz", image=np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))
+    out = built(f"{tiny_cnn_py}:model", tmp_path / "o", "--quant", "fp8", "--calib", tmp_path / "c.npz",
+                "--keep-sensitive", "1", "--min-top1", "0", "--min-cosine", "0")
+    q = open_bundle(out).manifest.quantization
+    sensitive = {name: reason for name, reason in q.layers_skipped.items() if reason.startswith("sensitive:")}
+    (name, reason), = sensitive.items()
+    assert "rank 1 of" in reason and any(name in w for w in q.warnings)  # `ingot build` prints the warnings
+
+
 def test_failing_gate_keeps_the_previous_bundle(awq_bundle, tiny_llama_dir, calib_txt, tmp_path):
     import shutil
 

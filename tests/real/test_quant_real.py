@@ -182,3 +182,21 @@ def test_efficientnet_fp8_keeps_confident_top1(effnet_bundle, effnet, tmp_path):
         assert top in np.argsort(-want[row])[:5]
         if probs[row].max() >= 0.6:
             assert top == want[row].argmax()
+
+
+def test_efficientnet_fp8_keep_sensitive_keeps_every_top1(effnet_bundle, effnet, tmp_path):
+    """`--keep-sensitive 6`: the 6 layers whose lone FP8 quantization moves the logits most on
+    the calibration photos stay float (ingot/quant/sensitivity.py), and top-1 holds on all 4
+    photos (measured: the stem conv and block 0's depthwise conv lead; with 1-5 layers float,
+    rocket, a near-tie in fp32, still flips). The calibration set is the 4 photos and their flips,
+    so the ranking is fitted to the photos it is scored on."""
+    photos = np.concatenate([effnet.photo(p) for p in ("chelsea", "coffee", "rocket", "astronaut")])
+    np.savez(tmp_path / "photos.npz", image=np.concatenate([photos, photos[..., ::-1].copy(), photos[:, :, ::-1].copy()]))
+    q = quantized(effnet_bundle, tmp_path / "fp8s", "fp8", tmp_path / "photos.npz", "--keep-sensitive", "6")
+    skipped = open_bundle(q).manifest.quantization.layers_skipped
+    sensitive = [name for name, reason in skipped.items() if reason.startswith("sensitive:")]
+    want = load(effnet_bundle).run({"image": photos})["logits"].argmax(1)
+    got = load(q).run({"image": photos})["logits"].argmax(1)
+    print(f"EfficientNet FP8 --keep-sensitive 6: top-1 {list(got)} (fp32 {list(want)}), float {sensitive}")
+    assert len(sensitive) == 6 and {"_bn0/Conv", "_blocks.0._bn1/Conv"} <= set(sensitive)
+    assert list(got) == list(want)
