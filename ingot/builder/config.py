@@ -36,7 +36,7 @@ class BuildConfig(BaseModel):
     accuracy_level: int = Field(4, ge=0, le=4)
     quant_lm_head: bool = False
     massive_ratio: float = Field(100.0, ge=0)  # FP8: 0 turns the massive-activation rule off
-    keep_sensitive: int = Field(0, ge=0)  # FP8: this many most sensitive layers stay float (0: off)
+    keep_sensitive: int = Field(0, ge=0)  # this many most sensitive layers stay float (0: off)
     gptq: bool = True  # int4-awq: GPTQ rounding (False: round to nearest)
     # accuracy gate (quantized builds): None turns a gate off
     max_ppl_increase: float | None = Field(None, ge=0)

@@ -58,7 +58,7 @@ def build(
     accuracy_level: Annotated[int, typer.Option(help="INT4 on CPU: MatMulNBits activation accuracy (4 = int8, 0 = fp32).")] = 4,
     quant_lm_head: Annotated[bool, typer.Option("--quant-lm-head", help="Quantize the LM head too (kept float by default).")] = False,
     massive_ratio: Annotated[float, typer.Option(help="FP8: keep a layer in float when its input's max |x| is this many times the median channel's mean |x| (0: never).")] = 100.0,
-    keep_sensitive: Annotated[int, typer.Option(help="FP8: keep the N layers whose lone quantization moves the output most (on the calibration data) in float; one run per layer.")] = 0,
+    keep_sensitive: Annotated[int, typer.Option(help="Keep the N layers whose lone quantization (INT4: round to nearest) moves the output most on the calibration data in float; one run per layer.")] = 0,
     gptq: Annotated[bool, typer.Option("--gptq/--no-gptq", help="int4-awq: GPTQ error-compensating rounding, or round-to-nearest.")] = True,
     max_ppl_increase: Annotated[float | None, typer.Option(help="Gate: fail above this perplexity increase (%).")] = None,
     min_cosine: Annotated[float | None, typer.Option(help="Gate: fail below this cosine similarity.")] = None,

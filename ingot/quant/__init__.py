@@ -39,6 +39,10 @@ def quantize(
     from ingot.quant.layers import untie_transposed
 
     model = untie_transposed(model, spec.effective_exclude)
+    if spec.keep_sensitive and spec.scheme != "fp8":
+        from ingot.quant.int4 import quantize_int4_keeping
+
+        return quantize_int4_keeping(model, spec, calib_feeds, lambda s: quantize(model, s, calib_feeds))
     if spec.scheme == "int4":
         from ingot.quant.int4 import quantize_int4
 

@@ -21,6 +21,8 @@ one form for both backends, and ORT still fuses DQ + MatMul into MatMulNBits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 
@@ -81,6 +83,31 @@ def quantize_int4(
         weight_bytes_before=before, weight_bytes_after=after,
     )
     return model, report
+
+
+def quantize_int4_keeping(
+    model: onnx.ModelProto, spec: QuantSpec, feeds: list[dict[str, np.ndarray]],
+    run: Callable[[QuantSpec], tuple[onnx.ModelProto, QuantReport]],
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """INT4 with the `spec.keep_sensitive` layers whose lone round-to-nearest quantization moves
+    the output most (on `feeds`) left in float; `run(spec)` is the whole pass (RTN or AWQ)."""
+    from ingot.quant.sensitivity import keep_sensitive, layer_drift
+
+    layers, _ = int4_layers(model, spec)
+    names = [layer.name for layer in layers]
+    alone = spec.model_copy(update={"scheme": "int4", "keep_sensitive": 0})
+
+    def rtn(layer: Layer) -> tuple[onnx.ModelProto, QuantReport]:
+        others = [name for name in names if name != layer.name]
+        return quantize_int4(model, alone.model_copy(update={"exclude": [*spec.exclude, *others]}))
+
+    drift = layer_drift(model, layers, rtn, feeds)
+    sensitive = keep_sensitive(drift, min(spec.keep_sensitive, len(layers) - 1))
+    kept = {s.name for s in sensitive}
+    qmodel, report = run(spec.model_copy(update={"exclude": [*spec.exclude, *kept], "keep_sensitive": 0}))
+    skipped = [s for s in report.skipped if s.name not in kept] + sensitive
+    return qmodel, report.model_copy(update={"exclude": spec.effective_exclude, "skipped": skipped,
+                                             "warnings": skip_warnings(skipped), "calib_samples": len(feeds)})
 
 
 def _quantize_weights(

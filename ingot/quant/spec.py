@@ -74,11 +74,11 @@ class QuantSpec(BaseModel):
     # perplexity, bundle 0.44x fp32; ratio 100 keeps 42 layers (every down_proj, q/k/v of 4
     # layers, gate/up of the last 2), +1.8%, bundle 0.58x
     massive_ratio: float | None = Field(100.0, gt=1.0)
-    # FP8 mixed precision by measured sensitivity (sensitivity.py): each layer is quantized
-    # alone and the model run on the calibration feeds; the `keep_sensitive` layers whose
-    # output drift is largest stay in float. 0: off (it costs one session and pass over the
-    # feeds per layer). EfficientNet-Lite0 (4 photos + flips): all 50 layers FP8 keep top-1 on
-    # 2 of 4 photos; 1-5 most sensitive layers in float, 3 of 4; 6, 8 or 10, all 4
+    # Mixed precision by measured sensitivity (sensitivity.py): each layer is quantized alone
+    # (INT4: round to nearest) and the model run on the calibration feeds; the `keep_sensitive`
+    # layers whose output drift is largest stay in float. 0: off (it costs one session and pass
+    # over the feeds per layer). EfficientNet-Lite0 FP8 (4 photos + flips): all 50 layers FP8 keep
+    # top-1 on 2 of 4 photos; 1-5 most sensitive layers in float, 3 of 4; 6, 8 or 10, all 4
     keep_sensitive: int = Field(0, ge=0)
 
     # Quantize the LM head too (`lm_head*` is then not excluded). A tied head (Transpose of the
@@ -104,12 +104,6 @@ class QuantSpec(BaseModel):
             raise ValueError(f"alphas must be a non-empty list of values in [0, 1], got {value}")
         return value
 
-    @model_validator(mode="after")
-    def _sensitivity_is_fp8(self) -> QuantSpec:
-        if self.keep_sensitive and self.scheme != "fp8":
-            raise ValueError(f"--keep-sensitive ranks FP8 layers; it does not apply to {self.scheme}")
-        return self
-
     @property
     def effective_exclude(self) -> list[str]:
         """`exclude` plus the LM head for every quantizing scheme, unless `quantize_lm_head`."""
@@ -125,5 +119,6 @@ class QuantSpec(BaseModel):
 
     @property
     def needs_calibration(self) -> bool:
-        """FP8 needs activation ranges and AWQ activation samples; INT4 RTN needs nothing."""
-        return self.scheme in ("fp8", "int4-awq")
+        """FP8 needs activation ranges and AWQ activation samples; INT4 RTN needs nothing, unless
+        it ranks layers by sensitivity (keep_sensitive)."""
+        return self.scheme in ("fp8", "int4-awq") or (self.scheme == "int4" and self.keep_sensitive > 0)

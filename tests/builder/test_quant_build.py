@@ -159,9 +159,9 @@ def test_block_size_must_be_a_power_of_two(tiny_cnn_py, tmp_path, size):
     assert_user_error(proc, "block size must be a power of two >= 16")
 
 
-def test_keep_sensitive_is_for_fp8(tiny_cnn_py, tmp_path):
+def test_int4_keep_sensitive_needs_calibration(tiny_cnn_py, tmp_path):
     proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "int4", "--keep-sensitive", "2", "-o", tmp_path / "o")
-    assert_user_error(proc, "--keep-sensitive ranks FP8 layers; it does not apply to int4")
+    assert_user_error(proc, "--quant int4 needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
 
 
 def test_fp8_keep_sensitive_records_the_float_layers(tiny_cnn_py, tmp_path):

@@ -40,3 +40,28 @@ def test_keep_sensitive_off_by_default_and_needs_feeds(tiny_llama_onnx, calib_fe
     with pytest.raises(QuantError, match="keep_sensitive needs the calibration feeds"):
         quantize_fp8(tiny_llama_onnx, spec, stats)
     assert np.isfinite(stats[next(iter(stats))].absmax)
+
+
+@pytest.mark.parametrize("scheme", ["int4", "int4-awq"])
+def test_int4_keeps_the_layers_most_sensitive_to_rounding_in_float(tiny_llama_onnx, calib_feeds, scheme):
+    from ingot.quant.int4 import int4_layers, quantize_int4
+
+    spec = QuantSpec(scheme=scheme, block_size=16, keep_sensitive=2)
+    qmodel, report = quantize(tiny_llama_onnx, spec, calib_feeds)
+    sensitive = [s.name for s in report.skipped if s.reason.startswith("sensitive:")]
+    layers, _ = int4_layers(tiny_llama_onnx, spec)
+    assert len(sensitive) == 2 and len(report.quantized) == len(layers) - 2 and not set(sensitive) & set(report.quantized)
+    assert report.exclude == spec.effective_exclude and report.calib_samples == len(calib_feeds)
+    # they are the two whose lone round-to-nearest quantization moves the logits most
+    names = [layer.name for layer in layers]
+    alone = QuantSpec(scheme="int4", block_size=16)
+    drift = layer_drift(tiny_llama_onnx, layers, lambda layer: quantize_int4(tiny_llama_onnx, alone.model_copy(
+        update={"exclude": [n for n in names if n != layer.name]})), calib_feeds)
+    assert set(sensitive) == set(sorted(drift, key=drift.get)[-2:])
+    inputs = {n.name: list(n.input) for n in qmodel.graph.node}
+    assert all(not inputs[name][1].endswith("_dq") for name in sensitive)  # float weights
+
+
+def test_int4_keep_sensitive_needs_calibration(tiny_llama_onnx):
+    with pytest.raises(QuantError, match="needs calibration data"):
+        quantize(tiny_llama_onnx, QuantSpec(scheme="int4", keep_sensitive=1), None)

@@ -3,7 +3,6 @@
 execute(step) = pack the scheduled sequences into one ragged batch → the cpu attention
 inputs → run the plan over the pool, its outputs bound to reused arrays (plan_outputs.py) →
 write the new K/V at their slots → the logits of the sequences that sample.
-# READY
 """
 
 from __future__ import annotations
