@@ -30,7 +30,7 @@ def quantize(
     """Quantize `model` as `spec` says; `model` itself is not modified.
 
     `calib_feeds` are input dicts for the float model (fp8 and int4-awq need them; int4
-    ignores them). Raises QuantError, with a one-line message, when it cannot.
+    reads them only to rank layers for `keep_sensitive`). Raises QuantError, with a one-line message, when it cannot.
     """
     if spec.scheme == "none":
         return model, QuantReport(scheme="none")
@@ -39,24 +39,22 @@ def quantize(
     from ingot.quant.layers import untie_transposed
 
     model = untie_transposed(model, spec.effective_exclude)
-    if spec.keep_sensitive and spec.scheme != "fp8":
-        from ingot.quant.int4 import quantize_int4_keeping
-
-        return quantize_int4_keeping(model, spec, calib_feeds, lambda s: quantize(model, s, calib_feeds))
     if spec.scheme == "int4":
         from ingot.quant.int4 import quantize_int4
 
-        return quantize_int4(model, spec)
-    from ingot.quant.calibrate import MAX_VALUES, calibrate
-
-    if spec.scheme == "int4-awq":
+        qmodel, report = quantize_int4(model, spec, feeds=calib_feeds)
+        if not spec.needs_calibration:  # RTN reads calibration data only to rank layers (keep_sensitive)
+            return qmodel, report
+    elif spec.scheme == "int4-awq":
+        from ingot.quant.calibrate import calibrate
         from ingot.quant.int4 import awq_activations, quantize_int4
 
         tensors = awq_activations(model, spec)
         grams = tensors if spec.gptq else []  # GPTQ's Hessians, X^T X over every row
         stats = calibrate(model, calib_feeds, tensors, max_rows=spec.search_rows, max_values=0, grams=grams)
-        qmodel, report = quantize_int4(model, spec, stats)
+        qmodel, report = quantize_int4(model, spec, stats, calib_feeds)
     else:
+        from ingot.quant.calibrate import MAX_VALUES, calibrate
         from ingot.quant.fp8 import fp8_activations, quantize_fp8
 
         # rows for the smoothing search (max calibration only), |x| values for percentiles

@@ -27,7 +27,7 @@ from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import fp8_activation_scale, fp8_quantize_channels
 from ingot.quant.report import QuantReport, SkippedLayer, SmoothChoice, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
-from ingot.quant.sensitivity import keep_sensitive, layer_drift
+from ingot.quant.sensitivity import without_sensitive
 from ingot.quant.spec import QuantSpec
 
 MIN_OPSET = 19  # FLOAT8 QuantizeLinear/DequantizeLinear
@@ -73,10 +73,9 @@ def quantize_fp8(
     if spec.keep_sensitive and len(layers) > 1:
         if not feeds:
             raise QuantError("--quant fp8: keep_sensitive needs the calibration feeds")
-        drift = layer_drift(model, layers, lambda layer: _quantize_fp8(model, spec, stats, [layer], skipped), feeds)
-        sensitive = keep_sensitive(drift, min(spec.keep_sensitive, len(layers) - 1))
-        names = {s.name for s in sensitive}
-        return _quantize_fp8(model, spec, stats, [layer for layer in layers if layer.name not in names], skipped + sensitive)
+        alone = lambda layer: _quantize_fp8(model, spec, stats, [layer], skipped)  # noqa: E731
+        layers, sensitive = without_sensitive(model, layers, alone, feeds, spec.keep_sensitive)
+        skipped += sensitive
     return _quantize_fp8(model, spec, stats, layers, skipped)
 
 
@@ -85,7 +84,7 @@ def _quantize_fp8(
     skipped: list[SkippedLayer],
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """FP8 Q/DQ around `layers` (found in `model`) in a copy of `model`; `skipped` goes to the report."""
-    model = prepared_copy(model, MIN_OPSET)
+    model, skipped = prepared_copy(model, MIN_OPSET), list(skipped)  # the caller's list is shared by its calls
     names = {layer.name for layer in layers}  # the same nodes in the copy (whose indices may differ)
     layers = [layer for layer in fp8_layers(model, spec)[0] if layer.name in names]
     edit = GraphEditor(model)

@@ -21,8 +21,6 @@ one form for both backends, and ORT still fuses DQ + MatMul into MatMulNBits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import onnx
 
@@ -36,6 +34,7 @@ from ingot.quant.layers import Layer, by_activation, find_layers
 from ingot.quant.primitives import int4_quantize, padded_k
 from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
+from ingot.quant.sensitivity import without_sensitive
 from ingot.quant.spec import QuantSpec
 
 MIN_OPSET = 21  # DequantizeLinear's block_size and INT4 type
@@ -59,14 +58,34 @@ def awq_activations(model: onnx.ModelProto, spec: QuantSpec) -> list[str]:
 
 
 def quantize_int4(
-    model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats] | None = None
+    model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats] | None = None,
+    feeds: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, QuantReport]:
-    """INT4 blockwise weight quantization of every eligible MatMul (RTN, or AWQ with `stats`)."""
+    """INT4 blockwise weight quantization of every eligible MatMul (RTN, or AWQ with `stats`).
+    With `spec.keep_sensitive`, the calibration `feeds` rank the layers by their lone
+    round-to-nearest quantization (sensitivity.py)."""
     assert spec.scheme in ("int4", "int4-awq"), spec.scheme
     if spec.scheme == "int4-awq" and stats is None:
         raise QuantError("--quant int4-awq needs calibration data: pass --calib FILE")
-    model = prepared_copy(model, MIN_OPSET)
     layers, skipped = int4_layers(model, spec)
+    if spec.keep_sensitive and len(layers) > 1:
+        if not feeds:
+            raise QuantError(f"--quant {spec.scheme}: keep_sensitive needs the calibration feeds")
+        rtn = spec.model_copy(update={"scheme": "int4"})
+        layers, sensitive = without_sensitive(model, layers, lambda layer: _quantize_int4(model, rtn, None, [layer], skipped),
+                                              feeds, spec.keep_sensitive)
+        skipped = skipped + sensitive
+    return _quantize_int4(model, spec, stats, layers, skipped)
+
+
+def _quantize_int4(
+    model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats] | None, layers: list[Layer],
+    skipped: list[SkippedLayer],
+) -> tuple[onnx.ModelProto, QuantReport]:
+    """INT4 weights for `layers` (found in `model`) in a copy of `model`; `skipped` goes to the report."""
+    model = prepared_copy(model, MIN_OPSET)
+    names = {layer.name for layer in layers}  # the same nodes in the copy (whose indices may differ)
+    layers = [layer for layer in int4_layers(model, spec)[0] if layer.name in names]
     edit = GraphEditor(model)
     prepared, choices, scales = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [], {})
     gptq = spec.scheme == "int4-awq" and spec.gptq
@@ -83,31 +102,6 @@ def quantize_int4(
         weight_bytes_before=before, weight_bytes_after=after,
     )
     return model, report
-
-
-def quantize_int4_keeping(
-    model: onnx.ModelProto, spec: QuantSpec, feeds: list[dict[str, np.ndarray]],
-    run: Callable[[QuantSpec], tuple[onnx.ModelProto, QuantReport]],
-) -> tuple[onnx.ModelProto, QuantReport]:
-    """INT4 with the `spec.keep_sensitive` layers whose lone round-to-nearest quantization moves
-    the output most (on `feeds`) left in float; `run(spec)` is the whole pass (RTN or AWQ)."""
-    from ingot.quant.sensitivity import keep_sensitive, layer_drift
-
-    layers, _ = int4_layers(model, spec)
-    names = [layer.name for layer in layers]
-    alone = spec.model_copy(update={"scheme": "int4", "keep_sensitive": 0})
-
-    def rtn(layer: Layer) -> tuple[onnx.ModelProto, QuantReport]:
-        others = [name for name in names if name != layer.name]
-        return quantize_int4(model, alone.model_copy(update={"exclude": [*spec.exclude, *others]}))
-
-    drift = layer_drift(model, layers, rtn, feeds)
-    sensitive = keep_sensitive(drift, min(spec.keep_sensitive, len(layers) - 1))
-    kept = {s.name for s in sensitive}
-    qmodel, report = run(spec.model_copy(update={"exclude": [*spec.exclude, *kept], "keep_sensitive": 0}))
-    skipped = [s for s in report.skipped if s.name not in kept] + sensitive
-    return qmodel, report.model_copy(update={"exclude": spec.effective_exclude, "skipped": skipped,
-                                             "warnings": skip_warnings(skipped), "calib_samples": len(feeds)})
 
 
 def _quantize_weights(

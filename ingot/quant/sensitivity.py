@@ -41,6 +41,15 @@ def layer_drift(
     return drift
 
 
+def without_sensitive(
+    model: onnx.ModelProto, layers: list[Layer], quantize: Quantizer, feeds: list[dict[str, np.ndarray]], count: int
+) -> tuple[list[Layer], list[SkippedLayer]]:
+    """`layers` minus the `count` (at most all but one) whose lone quantization drifts most, and those as skipped."""
+    sensitive = keep_sensitive(layer_drift(model, layers, quantize, feeds), min(count, len(layers) - 1))
+    names = {s.name for s in sensitive}
+    return [layer for layer in layers if layer.name not in names], sensitive
+
+
 def keep_sensitive(drift: dict[str, float], count: int) -> list[SkippedLayer]:
     """The `count` layers of largest drift, as float layers with the reason."""
     ranked = sorted(drift, key=lambda name: -drift[name])[:count]
