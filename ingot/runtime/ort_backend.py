@@ -24,6 +24,7 @@ class OrtBackend:
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         # a paged plan's windows are scratch, never fetched (see ingot.plans.llm.window)
         self.output_names = [o.name for o in self.session.get_outputs() if not is_window(o.name)]
+        self._all_outputs = {o.name for o in self.session.get_outputs()}
         self._binding, self._bound = None, {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -35,7 +36,6 @@ class OrtBackend:
         array is not bound again, so a call of shapes seen before binds only its new inputs."""
         if self._binding is None:
             self._binding = self.session.io_binding()
-            self._all_outputs = {o.name for o in self.session.get_outputs()}
         assert self._all_outputs <= buffers.keys(), self._all_outputs - buffers.keys()
         binding, bound = self._binding, self._bound
         for name, value in feeds.items():

@@ -17,8 +17,8 @@ from ingot.plans.llm import LLMInfo
 from ingot.runtime.errors import RunError
 from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds, run_calls
 from ingot.runtime.llm.kv_cache import KVCache, num_blocks_for
-from ingot.runtime.llm.scheduler_output import SchedulerOutput
 from ingot.runtime.llm.plan_outputs import PlanOutputs
+from ingot.runtime.llm.scheduler_output import SchedulerOutput
 
 
 class ModelRunner:

@@ -21,15 +21,17 @@ from ingot.plans.llm import LLMInfo
 
 
 class _Arrays:
-    """One reused flat float32 array per name, viewed as the shape a call needs."""
+    """One reused flat float32 array per name, viewed as the shape a call needs; `aliases` name a
+    second view of the same memory, in a second shape of the same size."""
 
-    def __init__(self, names: list[str]):
-        self.names, self.capacity = names, 0
+    def __init__(self, names: list[str], aliases: dict[str, str] | None = None):
+        self.names, self.aliases, self.capacity = names, aliases or {}, 0
         self.flat: dict[str, np.ndarray] = {}
-        self.views: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+        self.views: dict[tuple, dict[str, np.ndarray]] = {}
 
-    def get(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-        if shape not in self.views:
+    def get(self, shape: tuple[int, ...], alias_shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+        key = (shape, alias_shape)
+        if key not in self.views:
             size = int(np.prod(shape))
             if size > self.capacity:
                 self.capacity = max(size, self.capacity * 3 // 2)
@@ -37,8 +39,13 @@ class _Arrays:
                 self.views.clear()  # views of the old arrays would keep them alive
             if len(self.views) > 64:
                 self.views.clear()
-            self.views[shape] = {name: flat[:size].reshape(shape) for name, flat in self.flat.items()}
-        return self.views[shape]
+            views = {}
+            for name, flat in self.flat.items():
+                views[name] = flat[:size].reshape(shape)
+                if name in self.aliases:
+                    views[self.aliases[name]] = flat[:size].reshape(alias_shape)
+            self.views[key] = views
+        return self.views[key]
 
 
 class PlanOutputs:
@@ -47,29 +54,14 @@ class PlanOutputs:
         layers = range(info.num_layers)
         self._logits = _Arrays([names.LOGITS])
         self._rows = _Arrays([f(layer) for layer in layers for f in (names.present_key, names.present_value)])
-        self._windows = _Arrays([names.window(layer, kv) for layer in layers for kv in ("key", "value")])
-        self._presents: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        windows = {names.window(layer, kv): names.window_present(layer, kv) for layer in layers for kv in ("key", "value")}
+        self._windows = _Arrays(list(windows), aliases=windows)  # the gathered blocks, and the kernel's present
 
     def buffers(self, num_logits: int, num_tokens: int, num_seqs: int, num_blocks: int) -> dict[str, np.ndarray]:
         """Output name -> array for a plan call of `num_tokens` new tokens, `num_logits` logits rows,
         and attn.past_blocks [num_seqs, num_blocks]. The arrays are overwritten by the next call."""
-        info = self.info
+        info, kv, block = self.info, self.info.num_kv_heads, self.info.kv_block_size
         return (self._logits.get((num_logits, info.vocab_size))
-                | self._rows.get((num_tokens, info.num_kv_heads, info.head_dim))
-                | self._windows_for(num_seqs, num_blocks))
-
-    def _windows_for(self, num_seqs: int, num_blocks: int) -> dict[str, np.ndarray]:
-        info = self.info
-        gathered = self._windows.get((num_seqs, info.num_kv_heads, num_blocks, info.kv_block_size * info.head_dim))
-        key = (num_seqs, num_blocks)
-        cached = self._presents.get(key)
-        if cached is None or cached[names.window(0, "key")] is not gathered[names.window(0, "key")]:
-            present = (num_seqs, info.num_kv_heads, num_blocks * info.kv_block_size, info.head_dim)
-            cached = dict(gathered)
-            for layer in range(info.num_layers):
-                for kv in ("key", "value"):
-                    cached[names.window_present(layer, kv)] = gathered[names.window(layer, kv)].reshape(present)
-            if len(self._presents) > 64:
-                self._presents.clear()
-            self._presents[key] = cached
-        return cached
+                | self._rows.get((num_tokens, kv, info.head_dim))
+                | self._windows.get((num_seqs, kv, num_blocks, block * info.head_dim),
+                                    (num_seqs, kv, num_blocks * block, info.head_dim)))
