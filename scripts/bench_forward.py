@@ -21,8 +21,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from ingot.plans import detect_host, open_bundle, select_target
-    from ingot.runtime.llm.batch import pack, plan_feeds
-    from ingot.runtime.llm.kv_cache import scratch_feeds
+    from ingot.runtime.llm.batch import pack, plan_feeds, window_feeds
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("plans", type=Path, nargs="+")
@@ -45,8 +44,8 @@ def main() -> None:
         sessions.append(ort.InferenceSession(str(bundle.path(target.entrypoint)), options,
                                              providers=["CPUExecutionProvider"]))
         blocks = list(range(-(-args.tokens // info.kv_block_size)))  # never read: no past
-        feeds.append(plan_feeds(pack([tokens], [0], [blocks], info.kv_block_size, [[args.tokens - 1]]), info)
-                     | scratch_feeds(info))
+        batch = pack([tokens], [0], [blocks], info.kv_block_size, [[args.tokens - 1]])
+        feeds.append(plan_feeds(batch, info) | window_feeds(batch, info, None))
     times: list[list[float]] = [[] for _ in sessions]
     for call in range(args.calls + 1):
         for i, (s, f) in enumerate(zip(sessions, feeds)):

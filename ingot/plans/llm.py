@@ -17,12 +17,11 @@ LOGITS = "logits"
 SLOT_MAPPING, BLOCK_TABLES, CONTEXT_LENS, QUERY_START_LOC = "slot_mapping", "block_tables", "context_lens", "query_start_loc"
 # KV caches are [kv_heads, num_blocks, block_size, head_dim] per layer: a block of one head is contiguous,
 # so the past of a sequence is gathered a whole block of one head at a time.
-# cpu lowering "gqa-v2" (ONNX Runtime's GroupQueryAttention over the gathered past blocks): per plan
-# call, computed by the runtime from the block tables. One call holds sequences that all add S new
-# tokens, and only one sequence when S > 1 and it has a past (the kernel's limits): ingot.runtime.llm.batch.
-CPU_LOWERING = "gqa-v2"
+# cpu lowering "gqa-v3" (ONNX Runtime's GroupQueryAttention over windows the runtime fills from the
+# pool): per plan call, computed by the runtime. One call holds sequences that all add S new tokens,
+# and only one sequence when S > 1 and it has a past (the kernel's limits): ingot.runtime.llm.batch.
+CPU_LOWERING = "gqa-v3"
 ATTN_QUERY_SHAPE = "attn.query_shape"  # [3] int64: [B, S, -1], the packed rows as B sequences of S tokens
-ATTN_PAST_BLOCKS = "attn.past_blocks"  # [B, NB] int64: the blocks holding each sequence's past, in order, pad 0
 ATTN_SEQLENS_K = "attn.seqlens_k"  # [B] int32: past + new - 1 per sequence
 ATTN_TOTAL_LEN = "attn.total_len"  # [] int32: max(past + new)
 
@@ -44,6 +43,10 @@ def value_cache(layer: int) -> str:
     return f"value_cache.{layer}"
 
 
+def is_cache(name: str) -> bool:
+    return name.startswith(("key_cache.", "value_cache."))
+
+
 def present_key(layer: int) -> str:
     """cpu lowering output: the new tokens' keys [T, kv_heads, head_dim], written by the runtime."""
     return f"present.{layer}.key"
@@ -53,10 +56,11 @@ def present_value(layer: int) -> str:
     return f"present.{layer}.value"
 
 
-# cpu lowering outputs, per layer and k|v: the past blocks gathered for GroupQueryAttention
-# [B, kv_heads, NB, block_size * head_dim], and the kernel's present [B, kv_heads, NB * block_size, head_dim].
-# The runtime binds both to one buffer, so the kernel appends the new rows in place instead of
-# copying the past (ONNX Runtime's past/present share-buffer mode); nothing reads them back.
+# cpu lowering, per layer and k|v: the input `window` [B, kv_heads, W, head_dim] holds each sequence's
+# past (rows 0..past-1; W >= past + S), and the output `window_present` is the kernel's present, of
+# the same shape. The runtime binds both to one buffer, so the kernel appends the new rows in place
+# instead of copying the past (ONNX Runtime's past/present share-buffer mode); a plain run of the
+# plan never fetches the present.
 def window(layer: int, kv: str) -> str:
     return f"window.{layer}.{kv}"
 

@@ -47,7 +47,7 @@ def test_hf_causal_lm_bundle(llama_bundle, tiny_llama_dir):
     valid = feeds["attention_mask"].astype(bool)  # a paged plan: padding is not a token, its logits are 0
     assert out.shape == want.shape and np.abs(out[valid] - want[valid]).max() < 1e-4
     assert not out[~valid].any()
-    assert m.llm is not None and m.llm.num_layers == 2 and m.targets["cpu-x86_64"].build_options["attention"] == "gqa-v2"
+    assert m.llm is not None and m.llm.num_layers == 2 and m.targets["cpu-x86_64"].build_options["attention"] == "gqa-v3"
 
 
 def test_hf_encoder_bundle_has_pooled_output(bert_bundle):

@@ -6,7 +6,7 @@ import pytest
 from ingot.plans import llm as names
 from ingot.plans import open_bundle
 from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import cpu_attention_inputs, pack, plan_calls, run_calls, select
+from ingot.runtime.llm.batch import cpu_attention_inputs, pack, plan_calls, plan_feeds, run_calls, select, window_feeds
 from ingot.runtime.llm.model_runner import ModelRunner
 from tests.conftest import assert_user_error, built, ingot
 
@@ -77,17 +77,26 @@ def test_plan_calls_split_a_step_the_way_group_query_attention_takes_it():
     assert logits[:, 0].tolist() == [7, 9, 5, 4]  # each sampled row back in the step's order
 
 
-def test_cpu_attention_inputs_gather_each_past_block():
+def test_cpu_attention_inputs_and_windows_gather_each_past_block():
     b = pack([[7], [5]], past_lens=[6, 2], block_tables=[[1, 4], [3, 8]], block_size=4, logits_rows=[[0], [0]])
-    feeds = cpu_attention_inputs(b, info())
+    feeds = cpu_attention_inputs(b)
     assert feeds[names.ATTN_QUERY_SHAPE].tolist() == [2, 1, -1]
-    assert feeds[names.ATTN_PAST_BLOCKS].tolist() == [[1, 4], [3, 0]]  # block 8 holds no past: padded with 0
     assert feeds[names.ATTN_SEQLENS_K].tolist() == [6, 2] and int(feeds[names.ATTN_TOTAL_LEN]) == 7
     with pytest.raises(AssertionError, match="plan_calls"):
-        cpu_attention_inputs(pack([[7], [5, 6]], [6, 2], [[1, 4], [3]], 4, [[0], [1]]), info())
+        cpu_attention_inputs(pack([[7], [5, 6]], [6, 2], [[1, 4], [3]], 4, [[0], [1]]))
+    cache = np.arange(2 * 9 * 4 * 8, dtype=np.float32).reshape(2, 9, 4, 8)  # [kv, blocks, block, dim]
+    windows = window_feeds(b, info(), {names.key_cache(0): cache, names.value_cache(0): -cache})
+    key = windows[names.window(0, "key")]
+    assert key.shape == (2, 2, 8, 8)  # [B, kv, whole blocks, dim]: the kernel's present fits past + new
+    np.testing.assert_array_equal(key[0, :, :6], cache[:, [1, 4]].reshape(2, 8, 8)[:, :6])  # blocks 1, then 4
+    np.testing.assert_array_equal(key[1, :, :2], cache[:, 3, :2])  # block 8 holds no past: not read
+    np.testing.assert_array_equal(windows[names.window(0, "value")][1, :, :2], -cache[:, 3, :2])
 
 
-def test_runner_decodes_through_the_cache_like_a_full_forward(llama_bundle, hf):
+@pytest.mark.parametrize("seq_ids", [None, [7]], ids=["gathered", "resident"])
+def test_runner_decodes_through_the_cache_like_a_full_forward(llama_bundle, hf, seq_ids):
+    """Without sequence ids each decode gathers its past from the pool; with them the decode
+    window stays filled from one step to the next."""
     import torch
 
     runner = ModelRunner(llama_bundle, kv_cache_memory=1 << 20)
@@ -97,39 +106,46 @@ def test_runner_decodes_through_the_cache_like_a_full_forward(llama_bundle, hf):
     table, seq = [5, 2, 7], tokens * 2
     got = [runner.forward(pack([seq[:9]], [0], [table], 16, [[8]]))[0]]
     for p in range(9, len(seq)):  # one token at a time, every earlier K/V read from the pool
-        got.append(runner.forward(pack([[seq[p]]], [p], [table], 16, [[0]]))[0])
+        got.append(runner.forward(pack([[seq[p]]], [p], [table], 16, [[0]], seq_ids))[0])
     assert np.abs(np.array(got) - want[8:]).max() < 1e-4
 
 
 def test_windows_bound_in_place_give_the_plain_run_logits(llama_bundle):
-    """The runner binds every output to reused arrays, each layer's gathered past and
-    GroupQueryAttention's present to one (the kernel then appends in place); a plain run of the
-    same plan call allocates them."""
-    from ingot.runtime.llm.batch import plan_feeds
-
+    """The runner binds each layer's window and GroupQueryAttention's present to one array (the
+    kernel appends in place), and keeps decode windows from step to step: sequences joining,
+    staying, leaving and coming back in any order, a chunk and prefills between. Every call's
+    outputs equal a plain run of the plan over windows freshly gathered from the pool."""
     runner = ModelRunner(llama_bundle, kv_cache_memory=1 << 20)
     rng = np.random.default_rng(0)
     runner.kv.pool[...] = rng.standard_normal(runner.kv.pool.shape, dtype=np.float32)
-    backend, info = runner.model.backend, runner.info
-    steps = [pack([[5], [9], [3]], [40, 17, 33], [[1, 2, 3], [4, 5], [6, 7, 8]], 16, [[0], [0], [0]]),  # decodes
-             pack([[5, 6, 7, 8]], [30], [[9, 10, 11]], 16, [[3]]),  # a chunk after a past
-             pack([[5, 6, 7], [1, 2, 3]], [0, 0], [[12], [13]], 16, [[2], [2]])]  # prefills from scratch
-    for batch in steps * 2:  # the second round reuses the windows bound in the first
-        feeds = plan_feeds(batch, info) | runner.kv.feeds
-        buffers = runner.outputs.buffers(len(batch.logits_indices), batch.num_tokens, *feeds[names.ATTN_PAST_BLOCKS].shape)
-        backend.run_bound(feeds, buffers)
-        plain = backend.run(feeds)
+    backend, info, bs = runner.model.backend, runner.info, 16
+    tables = {1: [1, 2, 3], 2: [4, 5], 3: [6, 7, 8], 4: [9, 10]}
+
+    def decode(ids, pasts):
+        return pack([[int(rng.integers(2, 200))] for _ in ids], pasts, [tables[i] for i in ids], bs, [[0]] * len(ids), ids)
+
+    steps = [(decode([1, 2, 3], [40, 17, 33]), [1, 2, 3]),  # all three join
+             (decode([1, 2, 3], [41, 18, 34]), [1, 2, 3]),  # the same group: nothing gathered
+             (pack([[5, 6, 7, 8]], [30], [[11, 12, 13]], bs, [[3]]), None),  # a chunk after a past
+             (decode([3, 1, 4], [35, 42, 20]), [1, 3, 4]),  # 2 leaves (3 moves to its row), 4 joins, new order
+             (pack([[5, 6, 7], [1, 2, 3]], [0, 0], [[14], [15]], bs, [[2], [2]]), None),  # prefills from scratch
+             (decode([3, 1, 4], [35, 42, 20]), [1, 3, 4]),  # the same step again: rows refilled from the pool
+             (decode([2], [19]), [2])]  # 2 comes back alone
+    for batch, rows in steps:
+        plain = backend.run(plan_feeds(batch, info) | window_feeds(batch, info, runner.kv.feeds))
         assert not any(names.is_window(n) for n in plain)
-        for name in plain:
-            np.testing.assert_allclose(buffers[name], plain[name], atol=1e-5, err_msg=name)
-        window = buffers[names.window(0, "key")]  # after the call: the past blocks, then the new rows
-        b, blocks = 0, feeds[names.ATTN_PAST_BLOCKS][0]
-        past = int(batch.past_lens[b])
-        rows = runner.kv.pool[0, 0][:, blocks].reshape(info.num_kv_heads, -1, info.head_dim)[:, :past]
-        np.testing.assert_array_equal(window[b].reshape(info.num_kv_heads, -1, info.head_dim)[:, :past], rows)
-        new = plain[names.present_key(0)][: batch.new_lens[b]].transpose(1, 0, 2)
-        got = window[b].reshape(info.num_kv_heads, -1, info.head_dim)[:, past:past + batch.new_lens[b]]
-        np.testing.assert_allclose(got, new, atol=1e-6)  # the new rows appended in the bound buffer
+        logits = runner.forward(batch)  # writes the new rows into the pool
+        np.testing.assert_allclose(logits, plain[names.LOGITS], atol=1e-5)
+        new_keys = runner.kv.pool[0, 0].reshape(info.num_kv_heads, -1, info.head_dim)[:, batch.slot_mapping]
+        np.testing.assert_allclose(new_keys, plain[names.present_key(0)].transpose(1, 0, 2), atol=1e-6)
+        if rows is None:
+            continue
+        assert runner.windows.seq_ids == rows
+        for r, seq in enumerate(rows):  # a decode row: the sequence's past and the token just decoded
+            b = batch.seq_ids.tolist().index(seq)
+            n = int(batch.context_lens[b])
+            want = window_feeds(pack([[0]], [n], [tables[seq]], bs, [[0]]), info, runner.kv.feeds)[names.window(0, "key")][0]
+            np.testing.assert_allclose(runner.windows.rows[names.window(0, "key")][r][:, :n], want[:, :n], atol=1e-6)
 
 
 def test_manifest_records_the_limits_and_the_runtime_obeys_them(llama_bundle):

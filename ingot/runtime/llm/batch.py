@@ -26,6 +26,7 @@ class PackedBatch:
     query_start_loc: np.ndarray  # [B + 1] int64
     context_lens: np.ndarray  # [B] int64: past + new
     block_tables: np.ndarray  # [B, max_blocks] int64, padded with 0
+    seq_ids: np.ndarray | None = None  # [B] int64: each sequence's unique id (the runner keeps decode windows by it)
 
     @property
     def num_tokens(self) -> int:
@@ -46,6 +47,7 @@ def pack(
     block_tables: Sequence[Sequence[int]],
     block_size: int,
     logits_rows: Sequence[Sequence[int]],
+    seq_ids: Sequence[int] | None = None,
 ) -> PackedBatch:
     """Pack sequences b = 0..B-1: `token_ids[b]` new tokens after `past_lens[b]` cached ones;
     `logits_rows[b]` are offsets within b's new tokens whose logits are returned."""
@@ -70,6 +72,7 @@ def pack(
         query_start_loc=qsl,
         context_lens=past + new,
         block_tables=tables,
+        seq_ids=None if seq_ids is None else np.asarray(seq_ids, np.int64),
     )
 
 
@@ -100,6 +103,7 @@ def select(batch: PackedBatch, seqs: np.ndarray) -> tuple[PackedBatch, np.ndarra
         query_start_loc=np.concatenate([[0], np.cumsum(batch.new_lens[seqs])]).astype(np.int64),
         context_lens=batch.context_lens[seqs],
         block_tables=batch.block_tables[seqs],
+        seq_ids=None if batch.seq_ids is None else batch.seq_ids[seqs],
     )
     return sub, mine
 
@@ -117,24 +121,51 @@ def run_calls(batch: PackedBatch, run: Callable[[PackedBatch], np.ndarray]) -> n
 
 
 def plan_feeds(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
-    """The cpu plan's inputs for one plan call (see plan_calls), all but the KV caches."""
+    """The cpu plan's inputs for one plan call (see plan_calls), all but the windows."""
     feeds = {names.INPUT_IDS: batch.input_ids, names.POSITIONS: batch.positions,
              names.LOGITS_INDICES: batch.logits_indices}
-    return feeds | cpu_attention_inputs(batch, info)
+    return feeds | cpu_attention_inputs(batch)
 
 
-def cpu_attention_inputs(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
-    """The `attn.*` inputs of the cpu lowering (gqa-v2), shared by every layer."""
+def cpu_attention_inputs(batch: PackedBatch) -> dict[str, np.ndarray]:
+    """The `attn.*` inputs of the cpu lowering (gqa-v3), shared by every layer."""
     new, past = batch.new_lens, batch.past_lens
     s = int(new[0])
     assert (new == s).all() and (s == 1 or len(new) == 1 or not past.any()), "not one plan call (see plan_calls)"
-    width = int(past.max())
-    used = -(-past // info.kv_block_size)  # blocks holding each sequence's past
-    nb = -(-(width + s) // info.kv_block_size)  # the window covers past + new: the kernel's present has its shape
-    blocks = np.where(np.arange(nb)[None, :] < used[:, None], batch.block_tables[:, :nb], 0)
     return {
         names.ATTN_QUERY_SHAPE: np.array([len(new), s, -1], np.int64),
-        names.ATTN_PAST_BLOCKS: blocks.astype(np.int64),
         names.ATTN_SEQLENS_K: (past + new - 1).astype(np.int32),
-        names.ATTN_TOTAL_LEN: np.array(width + s, np.int32),
+        names.ATTN_TOTAL_LEN: np.array(int(past.max()) + s, np.int32),
     }
+
+
+def window_width(batch: PackedBatch, block_size: int) -> int:
+    """The window of a plan call: the kernel's present holds every sequence's past + new, and the
+    past is gathered a whole block at a time."""
+    return -(-int(batch.context_lens.max()) // block_size) * block_size
+
+
+def window_feeds(batch: PackedBatch, info: LLMInfo, caches: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Fresh windows [B, kv, W, dim] (W: window_width) per layer and k|v, each sequence's past gathered from
+    `caches` (name -> [kv, blocks, block, dim]; None when no sequence has a past). For a plain
+    run of the plan; the model runner keeps its windows (ingot.runtime.llm.windows)."""
+    shape = (len(batch.new_lens), info.num_kv_heads, window_width(batch, info.kv_block_size), info.head_dim)
+    feeds = {}
+    for layer in range(info.num_layers):
+        for kv, cache in (("key", names.key_cache(layer)), ("value", names.value_cache(layer))):
+            window = feeds[names.window(layer, kv)] = np.zeros(shape, np.float32)
+            if batch.past_lens.any():
+                for b in range(shape[0]):
+                    gather_past(window[b], caches[cache], batch.block_tables[b], int(batch.past_lens[b]))
+    return feeds
+
+
+def gather_past(out: np.ndarray, cache: np.ndarray, table: np.ndarray, past: int) -> None:
+    """out[:, :past] [kv, W, dim] = the first `past` tokens held by `table`'s blocks of `cache`
+    [kv, blocks, block, dim], a whole block of one head at a time (W: whole blocks, so the
+    last block's unused rows land in the window too)."""
+    if past:
+        kv, _, block, dim = cache.shape
+        used = -(-past // block)
+        assert table[:used].max() < cache.shape[1], "block id out of the pool"  # mode clip would not say
+        np.take(cache, table[:used], axis=1, out=out[:, :used * block].reshape(kv, used, block, dim), mode="clip")

@@ -13,8 +13,7 @@ import numpy as np
 
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import PackedBatch, pack, plan_calls, plan_feeds, run_calls, select
-from ingot.runtime.llm.kv_cache import scratch_feeds
+from ingot.runtime.llm.batch import PackedBatch, pack, plan_calls, plan_feeds, run_calls, select, window_feeds
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -22,7 +21,7 @@ Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 def paged_feeds(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
     """The plan's feeds, one per plan call, that prefill each row's unmasked tokens, every row's logits wanted."""
     batch = _packed(info, input_ids, attention_mask)
-    return [plan_feeds(sub, info) | scratch_feeds(info) for sub, _ in (select(batch, s) for s in plan_calls(batch))]
+    return [_feeds(sub, info) for sub, _ in (select(batch, s) for s in plan_calls(batch))]
 
 
 def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -30,10 +29,12 @@ def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask:
     out = np.zeros((*input_ids.shape, info.vocab_size), np.float32)
     if mask.any():
         rows, cols = np.nonzero(mask)  # row-major: the packed order
-        scratch = scratch_feeds(info)
-        out[rows, cols] = run_calls(_packed(info, input_ids, mask),
-                                    lambda sub: run(plan_feeds(sub, info) | scratch)[names.LOGITS])
+        out[rows, cols] = run_calls(_packed(info, input_ids, mask), lambda sub: run(_feeds(sub, info))[names.LOGITS])
     return out
+
+
+def _feeds(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
+    return plan_feeds(batch, info) | window_feeds(batch, info, None)  # no past: nothing gathered
 
 
 def _packed(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None) -> PackedBatch:

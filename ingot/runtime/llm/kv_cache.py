@@ -1,8 +1,7 @@
-"""The paged KV pool: one numpy array, viewed per layer as the plan's cache inputs.
+"""The paged KV pool: one numpy array, viewed per layer and k|v as [kv_heads, blocks, block, dim].
 
-ONNX Runtime reads numpy inputs without copying them (research/feasibility.md §2e), so the
-pool is fed as it is every step; the new tokens' K/V come back as plan outputs and are
-written here at their slots, in place.
+The runner gathers each sequence's past from here into the plan's windows (windows.py); the
+new tokens' K/V come back as plan outputs and are written here at their slots, in place.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ class KVCache:
         shape = (info.num_layers, 2, info.num_kv_heads, num_blocks, info.kv_block_size, info.head_dim)
         self.info, self.num_blocks = info, num_blocks
         self.pool = np.zeros(shape, dtype=np.float32)
+        # the caches by name (ingot.plans.llm.key_cache), for the windows' gathers
         self.feeds = {name: self.pool[layer, kv] for layer in range(info.num_layers)
                       for kv, name in ((0, names.key_cache(layer)), (1, names.value_cache(layer)))}
         # the same memory as [layer, k|v, head, slot, dim]: one index array per write, numpy's fast path
@@ -76,7 +76,3 @@ class KVCache:
             self._slots[layer, 0][:, slot_mapping] = outputs[names.present_key(layer)].transpose(1, 0, 2)
             self._slots[layer, 1][:, slot_mapping] = outputs[names.present_value(layer)].transpose(1, 0, 2)
 
-
-def scratch_feeds(info: LLMInfo) -> dict[str, np.ndarray]:
-    """One-block caches for steps with no past (prefill from scratch): never read."""
-    return KVCache(info, 1).feeds

@@ -1,8 +1,9 @@
 """`ModelRunner`: executes a scheduler step on a paged plan and keeps the KV pool.
 
-execute(step) = pack the scheduled sequences into one ragged batch → the cpu attention
-inputs → run the plan over the pool, its outputs bound to reused arrays (plan_outputs.py) →
-write the new K/V at their slots → the logits of the sequences that sample.
+execute(step) = pack the scheduled sequences into one ragged batch → per plan call: the cpu
+attention inputs and the windows of the sequences' pasts (windows.py: a decode call's stay filled
+between steps) → run the plan, its outputs bound to reused arrays (plan_outputs.py) → write the
+new K/V into the pool at their slots → the logits of the sequences that sample.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import numpy as np
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
 from ingot.runtime.errors import RunError
-from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds, run_calls
+from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds, run_calls, select
 from ingot.runtime.llm.kv_cache import KVCache, num_blocks_for
 from ingot.runtime.llm.plan_outputs import PlanOutputs
 from ingot.runtime.llm.scheduler_output import SchedulerOutput
+from ingot.runtime.llm.windows import Windows
 
 
 class ModelRunner:
@@ -37,6 +39,7 @@ class ModelRunner:
         self.num_blocks = num_blocks_for(info, kv_cache_memory)
         self.kv = KVCache(info, self.num_blocks)
         self.outputs = PlanOutputs(info)
+        self.windows = Windows(info)
         self.tokenizer = self.model.tokenizer
         self.chat_template = _chat_template(self.model.bundle.root)
 
@@ -59,15 +62,31 @@ class ModelRunner:
         seqs = out.sequences
         batch = pack([s.token_ids for s in seqs], [s.num_computed_tokens for s in seqs],
                      [s.block_table for s in seqs], self.info.kv_block_size,
-                     [[s.num_new_tokens - 1] if s.samples else [] for s in seqs])
+                     [[s.num_new_tokens - 1] if s.samples else [] for s in seqs], [s.seq_id for s in seqs])
         assert np.array_equal(batch.slot_mapping, np.concatenate([s.slot_mapping for s in seqs])), "slot mismatch"
         return run_calls(batch, self.forward)
 
     def forward(self, batch: PackedBatch) -> np.ndarray:
-        """One plan call (see batch.plan_calls): its logits rows; the new K/V go into the pool."""
-        feeds = plan_feeds(batch, self.info) | self.kv.feeds
-        outputs = self.outputs.buffers(len(batch.logits_indices), batch.num_tokens, *feeds[names.ATTN_PAST_BLOCKS].shape)
-        self.model.backend.run_bound(feeds, outputs)
+        """One plan call (see batch.plan_calls): its logits rows; the new K/V go into the pool.
+        A decode call of sequences with ids runs over the resident decode windows, its sequences
+        in their rows' order."""
+        decode = batch.seq_ids is not None and bool((batch.new_lens == 1).all())
+        if not decode:
+            return self._run(batch, self.windows.prefill(batch, self.kv.feeds))
+        order, windows = self.windows.decode(batch, self.kv.feeds)
+        if np.array_equal(order, np.arange(len(order))):
+            logits = self._run(batch, windows)
+        else:
+            sub, mine = select(batch, order)
+            logits = np.empty((len(batch.logits_indices), self.info.vocab_size), np.float32)
+            logits[mine] = self._run(sub, windows)
+        self.windows.decoded()
+        return logits
+
+    def _run(self, batch: PackedBatch, windows: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> np.ndarray:
+        inputs, presents = windows
+        outputs = self.outputs.buffers(len(batch.logits_indices), batch.num_tokens) | presents
+        self.model.backend.run_bound(plan_feeds(batch, self.info) | inputs, outputs)
         self.kv.write(batch.slot_mapping, outputs)
         return outputs[names.LOGITS].copy()  # the arrays are reused by the next call
 

@@ -174,6 +174,7 @@ class Scheduler:
             block_table=tuple(seq.block_table),
             slot_mapping=tuple(seq.block_table[p // size] * size + p % size for p in range(start, stop)),
             samples=stop == seq.num_tokens,
+            seq_id=seq.seq_id,
         )
 
     def _append(self, seq: Sequence, token_id: int) -> StepResult:

@@ -23,6 +23,7 @@ class ScheduledSequence:
     block_table: tuple[int, ...]  # physical block ids covering positions [0, context_len)
     slot_mapping: tuple[int, ...]  # (num_new_tokens,) block_id * block_size + offset, where the new KV goes
     samples: bool  # the step reaches the last known token, so a token is sampled from its logits
+    seq_id: int  # Sequence.seq_id: unique, where a request id may come again after its request ended
 
     @property
     def num_new_tokens(self) -> int:

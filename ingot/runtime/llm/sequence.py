@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,9 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+_ids = itertools.count()
+
+
 @dataclass(eq=False)
 class Sequence:
     """Prompt and output tokens, how many have KV computed, and where that KV lives.
@@ -49,6 +53,7 @@ class Sequence:
     arrival: int = -1  # FCFS order, set by the scheduler on `add`
     num_preemptions: int = 0
     generator: np.random.Generator = field(init=False, repr=False)
+    seq_id: int = field(default_factory=lambda: next(_ids), init=False)  # unique in this process, unlike request ids
 
     def __post_init__(self):
         self.prompt_token_ids = tuple(self.prompt_token_ids)

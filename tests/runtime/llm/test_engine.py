@@ -280,7 +280,7 @@ def test_a_mixed_step_runs_decodes_and_prefills_apart_with_the_same_logits(runne
     def seq(rid, tokens, past, blocks, samples=True):
         positions = tuple(range(past, past + len(tokens)))
         slots = tuple(blocks[p // bs] * bs + p % bs for p in positions)
-        return ScheduledSequence(rid, tuple(tokens), positions, past, tuple(blocks), slots, samples)
+        return ScheduledSequence(rid, tuple(tokens), positions, past, tuple(blocks), slots, samples, seq_id=ord(rid))
 
     history = list(range(20, 20 + 2 * bs))  # the decode's past, written to the cache first
     runner.execute(SchedulerOutput((seq("d", history, 0, [1, 2, 3], samples=False),)))
