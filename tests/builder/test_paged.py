@@ -148,6 +148,19 @@ def test_windows_bound_in_place_give_the_plain_run_logits(llama_bundle):
             np.testing.assert_allclose(runner.windows.rows[names.window(0, "key")][r][:, :n], want[:, :n], atol=1e-6)
 
 
+def test_decode_windows_grow_one_dimension_at_a_time(llama_bundle):
+    """More sequences add rows, a longer past adds width; neither grows the other (a window
+    as long as max_model_len for every row made decodes twice as slow)."""
+    runner = ModelRunner(llama_bundle, kv_cache_memory=1 << 20)
+    shape = lambda: runner.windows.rows[names.window(0, "key")].shape  # noqa: E731
+    tables = [[1 + 8 * i + j for j in range(8)] for i in range(12)]
+    for n in range(1, 13):  # one more sequence each step, all at past 20
+        runner.forward(pack([[5]] * n, [20] * n, tables[:n], 16, [[0]] * n, list(range(n))))
+        assert n <= shape()[0] <= max(n * 3 // 2, 2) and shape()[2] == 32, (n, shape())
+    runner.forward(pack([[5]], [100], tables[:1], 16, [[0]], [0]))  # one sequence, a long past
+    assert shape()[0] >= 12 and 101 <= shape()[2] <= 160 and shape()[2] % 16 == 0, shape()
+
+
 def test_manifest_records_the_limits_and_the_runtime_obeys_them(llama_bundle):
     m = open_bundle(llama_bundle).manifest
     assert (m.llm.max_num_tokens, m.llm.max_num_seqs, m.llm.kv_block_size) == (2048, 32, 16)

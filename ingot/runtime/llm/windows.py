@@ -96,16 +96,16 @@ class Windows:
             self.filled.pop()
 
     def _reserve(self, num_rows: int, width: int) -> None:
-        """Arrays of at least `num_rows` rows of `width` tokens (grown by half again, in whole
-        blocks, up to the build limits), the resident rows copied over."""
+        """Arrays of at least `num_rows` rows of `width` tokens, the resident rows copied over.
+        Each dimension grows apart, by half again (up to the build limits; whole blocks)."""
         info = self.info
         have = next(iter(self.rows.values())).shape if self.rows else (0, 0, 0, 0)
         if num_rows <= have[0] and width <= have[2]:
             return
-        block = info.kv_block_size
-        rows = max(num_rows, min(have[0] * 3 // 2, info.max_num_seqs))
-        width = max(width, min(have[2] * 3 // 2, info.max_model_len))
-        width = -(-width // block) * block
+        rows = have[0] if num_rows <= have[0] else max(num_rows, min(have[0] * 3 // 2, info.max_num_seqs))
+        if width > have[2]:
+            width = max(width, min(have[2] * 3 // 2, info.max_model_len))
+        width = -(-max(width, have[2]) // info.kv_block_size) * info.kv_block_size
         grown = {}
         for name, _ in self.names:
             grown[name] = np.empty((rows, info.num_kv_heads, width, info.head_dim), np.float32)
