@@ -132,7 +132,7 @@ def test_windows_bound_in_place_give_the_plain_run_logits(llama_bundle):
              (decode([3, 1, 4], [35, 42, 20]), [1, 3, 4]),  # the same step again: rows refilled from the pool
              (decode([2], [19]), [2])]  # 2 comes back alone
     for batch, rows in steps:
-        plain = backend.run(plan_feeds(batch, info) | window_feeds(batch, info, runner.kv.feeds))
+        plain = backend.run(plan_feeds(batch, info) | window_feeds(batch, info, runner.kv.caches))
         assert not any(names.is_window(n) for n in plain)
         logits = runner.forward(batch)  # writes the new rows into the pool
         np.testing.assert_allclose(logits, plain[names.LOGITS], atol=1e-5)
@@ -144,7 +144,7 @@ def test_windows_bound_in_place_give_the_plain_run_logits(llama_bundle):
         for r, seq in enumerate(rows):  # a decode row: the sequence's past and the token just decoded
             b = batch.seq_ids.tolist().index(seq)
             n = int(batch.context_lens[b])
-            want = window_feeds(pack([[0]], [n], [tables[seq]], bs, [[0]]), info, runner.kv.feeds)[names.window(0, "key")][0]
+            want = window_feeds(pack([[0]], [n], [tables[seq]], bs, [[0]]), info, runner.kv.caches)[names.window(0, "key")][0]
             np.testing.assert_allclose(runner.windows.rows[names.window(0, "key")][r][:, :n], want[:, :n], atol=1e-6)
 
 

@@ -6,7 +6,7 @@ ingot.plans.llm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,19 +145,35 @@ def window_width(batch: PackedBatch, block_size: int) -> int:
     return -(-int(batch.context_lens.max()) // block_size) * block_size
 
 
+def window_caches(info: LLMInfo) -> list[tuple[str, str]]:
+    """(window, cache) names per layer and k|v: each window is gathered from its cache."""
+    return [(names.window(layer, kv), cache) for layer in range(info.num_layers)
+            for kv, cache in (("key", names.key_cache(layer)), ("value", names.value_cache(layer)))]
+
+
+def window_shape(batch: PackedBatch, info: LLMInfo) -> tuple[int, int, int, int]:
+    """[B, kv, W, dim] (W: window_width) of a plan call's windows."""
+    return len(batch.new_lens), info.num_kv_heads, window_width(batch, info.kv_block_size), info.head_dim
+
+
 def window_feeds(batch: PackedBatch, info: LLMInfo, caches: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Fresh windows [B, kv, W, dim] (W: window_width) per layer and k|v, each sequence's past gathered from
+    """Fresh windows (window_shape) per layer and k|v, each sequence's past gathered from
     `caches` (name -> [kv, blocks, block, dim]; None when no sequence has a past). For a plain
     run of the plan; the model runner keeps its windows (ingot.runtime.llm.windows)."""
-    shape = (len(batch.new_lens), info.num_kv_heads, window_width(batch, info.kv_block_size), info.head_dim)
-    feeds = {}
-    for layer in range(info.num_layers):
-        for kv, cache in (("key", names.key_cache(layer)), ("value", names.value_cache(layer))):
-            window = feeds[names.window(layer, kv)] = np.zeros(shape, np.float32)
-            if batch.past_lens.any():
-                for b in range(shape[0]):
-                    gather_past(window[b], caches[cache], batch.block_tables[b], int(batch.past_lens[b]))
+    pairs, shape = window_caches(info), window_shape(batch, info)
+    feeds = {window: np.zeros(shape, np.float32) for window, _ in pairs}
+    fill_windows(feeds, caches, pairs, zip(range(shape[0]), batch.block_tables, batch.past_lens.tolist()))
     return feeds
+
+
+def fill_windows(windows: dict[str, np.ndarray], caches: dict[str, np.ndarray] | None, pairs: list[tuple[str, str]],
+                 seqs: Iterable[tuple[int, np.ndarray, int]]) -> None:
+    """For each (row, block table, past) of `seqs` and each (window, cache) of `pairs`: row `row`
+    of windows[window] gets that sequence's past from caches[cache]."""
+    for row, table, past in seqs:
+        if past:
+            for window, cache in pairs:
+                gather_past(windows[window][row], caches[cache], table, past)
 
 
 def gather_past(out: np.ndarray, cache: np.ndarray, table: np.ndarray, past: int) -> None:

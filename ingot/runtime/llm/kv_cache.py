@@ -56,7 +56,7 @@ class KVCache:
         self.info, self.num_blocks = info, num_blocks
         self.pool = np.zeros(shape, dtype=np.float32)
         # the caches by name (ingot.plans.llm.key_cache), for the windows' gathers
-        self.feeds = {name: self.pool[layer, kv] for layer in range(info.num_layers)
+        self.caches = {name: self.pool[layer, kv] for layer in range(info.num_layers)
                       for kv, name in ((0, names.key_cache(layer)), (1, names.value_cache(layer)))}
         # the same memory as [layer, k|v, head, slot, dim]: one index array per write, numpy's fast path
         # (indexing block and offset apart measured 0.09 to 5 ms for one token, depending on the pool, against 0.1 ms)

@@ -20,7 +20,7 @@ from ingot.runtime.llm.batch import PackedBatch, pack, plan_feeds, run_calls, se
 from ingot.runtime.llm.kv_cache import KVCache, num_blocks_for
 from ingot.runtime.llm.plan_outputs import PlanOutputs
 from ingot.runtime.llm.scheduler_output import SchedulerOutput
-from ingot.runtime.llm.windows import Windows
+from ingot.runtime.llm.windows import Bound, Windows
 
 
 class ModelRunner:
@@ -72,8 +72,8 @@ class ModelRunner:
         in their rows' order."""
         decode = batch.seq_ids is not None and bool((batch.new_lens == 1).all())
         if not decode:
-            return self._run(batch, self.windows.prefill(batch, self.kv.feeds))
-        order, windows = self.windows.decode(batch, self.kv.feeds)
+            return self._run(batch, self.windows.prefill(batch, self.kv.caches))
+        order, windows = self.windows.decode(batch, self.kv.caches)
         if np.array_equal(order, np.arange(len(order))):
             logits = self._run(batch, windows)
         else:
@@ -83,7 +83,7 @@ class ModelRunner:
         self.windows.decoded()
         return logits
 
-    def _run(self, batch: PackedBatch, windows: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> np.ndarray:
+    def _run(self, batch: PackedBatch, windows: Bound) -> np.ndarray:
         inputs, presents = windows
         outputs = self.outputs.buffers(len(batch.logits_indices), batch.num_tokens) | presents
         self.model.backend.run_bound(plan_feeds(batch, self.info) | inputs, outputs)

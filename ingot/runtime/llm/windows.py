@@ -23,7 +23,7 @@ import numpy as np
 
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import PackedBatch, gather_past, window_width
+from ingot.runtime.llm.batch import PackedBatch, fill_windows, window_caches, window_shape
 from ingot.runtime.llm.plan_outputs import ReusedArrays
 
 Bound = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # window inputs, and presents on the same arrays
@@ -32,8 +32,7 @@ Bound = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # window inputs, an
 class Windows:
     def __init__(self, info: LLMInfo):
         self.info = info
-        self.names = [(names.window(layer, kv), cache) for layer in range(info.num_layers)
-                      for kv, cache in (("key", names.key_cache(layer)), ("value", names.value_cache(layer)))]
+        self.names = window_caches(info)
         self.presents = {names.window(layer, kv): names.window_present(layer, kv)
                          for layer in range(info.num_layers) for kv in ("key", "value")}
         self.seq_ids: list[int] = []  # the sequence of each decode row
@@ -51,7 +50,7 @@ class Windows:
         where = {seq: b for b, seq in enumerate(ids)}
         self._evict(where)
         self._reserve(len(ids), max(past) + 1)
-        resident = {seq: r for r, seq in enumerate(self.seq_ids)}
+        resident, stale = {seq: r for r, seq in enumerate(self.seq_ids)}, []
         for seq, b in where.items():
             r = resident.get(seq)
             if r is None:
@@ -59,9 +58,9 @@ class Windows:
                 self.seq_ids.append(seq)
                 self.filled.append(-1)
             if self.filled[r] != past[b]:  # new to the group, or its row is not this sequence's past
-                for name, cache in self.names:
-                    gather_past(self.rows[name][r], caches[cache], batch.block_tables[b], past[b])
+                stale.append((r, batch.block_tables[b], past[b]))
                 self.filled[r] = past[b]
+        fill_windows(self.rows, caches, self.names, stale)
         return np.array([where[seq] for seq in self.seq_ids], np.int64), self._views(len(ids))
 
     def decoded(self) -> None:
@@ -71,12 +70,8 @@ class Windows:
     def prefill(self, batch: PackedBatch, caches: dict[str, np.ndarray]) -> Bound:
         """Windows for any other call, each sequence's past gathered from the pool into arrays reused
         by calls of the same shape."""
-        info = self.info
-        shape = (len(batch.new_lens), info.num_kv_heads, window_width(batch, info.kv_block_size), info.head_dim)
-        views = self._prefill.get(shape)
-        for b, past in enumerate(batch.past_lens.tolist()):
-            for name, cache in self.names:
-                gather_past(views[name][b], caches[cache], batch.block_tables[b], past)
+        views = self._prefill.get(window_shape(batch, self.info))
+        fill_windows(views, caches, self.names, zip(range(len(batch.new_lens)), batch.block_tables, batch.past_lens.tolist()))
         return self._with_presents(views)
 
     def _evict(self, keep: dict[int, int]) -> None:
@@ -88,7 +83,7 @@ class Windows:
                 continue
             last = len(self.seq_ids) - 1
             if r != last:
-                n = max(self.filled[last], 0)
+                n = self.filled[last]
                 for name, _ in self.names:
                     self.rows[name][r, :, :n] = self.rows[name][last, :, :n]
                 self.seq_ids[r], self.filled[r] = self.seq_ids[last], self.filled[last]
