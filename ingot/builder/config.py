@@ -35,9 +35,11 @@ class BuildConfig(BaseModel):
     calib_method: Literal["max", "percentile"] = "max"
     accuracy_level: int = Field(4, ge=0, le=4)
     quant_lm_head: bool = False
-    massive_ratio: float = Field(100.0, ge=0)  # FP8: 0 turns the massive-activation rule off
+    massive_ratio: float = Field(100.0, ge=0)  # FP8 and int4-awq: 0 turns the massive-activation rule off
+    kv_float: bool = True  # int4-awq: attention key/value projections stay float
     keep_sensitive: int = Field(0, ge=0)  # this many most sensitive layers stay float (0: off)
     gptq: bool = True  # int4-awq: GPTQ rounding (False: round to nearest)
+    float_weights: Literal["fp16", "fp32"] | None = None  # storage of the float weights (None: the scheme's default)
     # accuracy gate (quantized builds): None turns a gate off
     max_ppl_increase: float | None = Field(None, ge=0)
     min_cosine: float | None = Field(None, ge=-1, le=1)

@@ -37,7 +37,8 @@ def quant_spec(cfg: BuildConfig):
         return QuantSpec(
             scheme=cfg.quant, block_size=cfg.block_size, exclude=cfg.exclude, calib_method=cfg.calib_method,
             accuracy_level=cfg.accuracy_level, quantize_lm_head=cfg.quant_lm_head, gptq=cfg.gptq,
-            massive_ratio=cfg.massive_ratio or None, keep_sensitive=cfg.keep_sensitive,
+            float_weights=cfg.float_weights, kv_float=cfg.kv_float, massive_ratio=cfg.massive_ratio or None,
+            keep_sensitive=cfg.keep_sensitive,
         )
     except ValidationError as e:
         raise BuildError(f"--quant {cfg.quant}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
@@ -66,6 +67,9 @@ class QuantResult:
         notes = [_NOTES["fp8" if s.scheme == "fp8" else "int4"]]
         if s.scheme != "fp8":
             notes[0] += f", accuracy level {s.accuracy_level} ({'int8' if s.accuracy_level == 4 else 'float'} activations)"
+        if r.half_weights:
+            notes.append(f"{len(r.half_weights)} float weight tables stored as fp16 (a Cast to float, folded at load): "
+                         f"{r.half_bytes_saved / 1e6:.1f} MB saved")
         if r.rounding == "gptq":
             notes.append(f"GPTQ rounding: damp {r.gptq_damp:g}, {'act-order' if r.gptq_act_order else 'natural order'}")
         return Quantization(
@@ -75,6 +79,7 @@ class QuantResult:
             calibration=calibration,
             cpu_accuracy_level=s.accuracy_level if s.scheme != "fp8" else None,
             rounding=r.rounding,
+            float_weights=r.float_weights,
             layers_quantized=r.layers_quantized,
             layers_skipped={k.name: k.reason for k in r.skipped},
             warnings=r.warnings,

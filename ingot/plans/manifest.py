@@ -154,6 +154,7 @@ class Quantization(_Frozen):
     calibration: CalibrationInfo | None = None
     cpu_accuracy_level: int | None = None  # ONNX Runtime MatMulNBits activation accuracy (INT4 on CPU)
     rounding: Literal["nearest", "gptq"] | None = None  # INT4 weight rounding: to nearest, or GPTQ
+    float_weights: Literal["fp16", "fp32"] = "fp32"  # storage of the weights kept in float (embeddings, head, float layers)
     layers_quantized: int
     layers_skipped: dict[str, str] = {}  # node name -> reason
     warnings: list[str] = []

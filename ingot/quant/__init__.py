@@ -44,7 +44,7 @@ def quantize(
 
         qmodel, report = quantize_int4(model, spec, feeds=calib_feeds)
         if not spec.needs_calibration:  # RTN reads calibration data only to rank layers (keep_sensitive)
-            return qmodel, report
+            return _stored(qmodel, report, spec)
     elif spec.scheme == "int4-awq":
         from ingot.quant.calibrate import calibrate
         from ingot.quant.int4 import awq_activations, quantize_int4
@@ -62,4 +62,14 @@ def quantize(
         rows, values = (0, MAX_VALUES) if percentile else (spec.search_rows if spec.smooth else 0, 0)
         stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=rows, max_values=values)
         qmodel, report = quantize_fp8(model, spec, stats, calib_feeds)
-    return qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)})
+    return _stored(qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)}), spec)
+
+
+def _stored(qmodel: onnx.ModelProto, report: QuantReport, spec: QuantSpec) -> tuple[onnx.ModelProto, QuantReport]:
+    """The float weights in `spec.float_storage`, recorded in the report."""
+    if spec.float_storage == "fp32":
+        return qmodel, report
+    from ingot.quant.half import halve_float_weights
+
+    names, saved = halve_float_weights(qmodel)
+    return qmodel, report.model_copy(update={"float_weights": "fp16", "half_weights": names, "half_bytes_saved": saved})

@@ -21,6 +21,8 @@ one form for both backends, and ORT still fuses DQ + MatMul into MatMulNBits.
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import numpy as np
 import onnx
 
@@ -31,6 +33,7 @@ from ingot.quant.errors import QuantError
 from ingot.quant.gptq import act_order, gptq_quantize, inverse_cholesky
 from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
+from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import int4_quantize, padded_k
 from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
@@ -68,6 +71,9 @@ def quantize_int4(
     if spec.scheme == "int4-awq" and stats is None:
         raise QuantError("--quant int4-awq needs calibration data: pass --calib FILE")
     layers, skipped = int4_layers(model, spec)
+    if spec.scheme == "int4-awq":
+        layers, kept = _recipe_float(layers, spec, stats)
+        skipped = skipped + kept
     if spec.keep_sensitive and len(layers) > 1:
         if not feeds:
             raise QuantError(f"--quant {spec.scheme}: keep_sensitive needs the calibration feeds")
@@ -76,6 +82,23 @@ def quantize_int4(
                                               feeds, spec.keep_sensitive)
         skipped = skipped + sensitive
     return _quantize_int4(model, spec, stats, layers, skipped)
+
+
+def _recipe_float(
+    layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats]
+) -> tuple[list[Layer], list[SkippedLayer]]:
+    """int4-awq's own mixed precision: its float patterns (the k/v projections) and the layers
+    whose input has massive activations stay float. Their weights are stored as the plan's
+    other float weights are (fp16 by default: half.py), which keeps the bundle small."""
+    patterns, kept, rest = spec.float_patterns, [], []
+    for layer in layers:
+        why = next((why for p, why in patterns.items() if fnmatch(layer.name, p)), None)
+        if why is None:
+            rest.append(layer)
+        else:
+            kept.append(SkippedLayer(name=layer.name, reason=why))
+    rest, massive = keep_massive(rest, stats, spec.massive_ratio)
+    return rest, kept + massive
 
 
 def _quantize_int4(

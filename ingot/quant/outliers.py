@@ -1,4 +1,4 @@
-"""FP8 mixed precision: layers whose input has massive activations stay in float.
+"""FP8 and INT4-AWQ mixed precision: layers whose input has massive activations stay in float.
 
 Llama-style models put a few activations of enormous size (Sun et al., 2024, "Massive
 Activations in Large Language Models": ~1000x the median magnitude and more) in fixed
@@ -9,9 +9,13 @@ and no per-tensor scale suits both. Keeping those few layers in float (TensorRT-
 llm-awq's recipes allow per-layer exclusions) costs little size: on SmolLM2-135M, 6 of 210
 layers stay float, and FP8's held-out Hamlet perplexity goes from +4.1% to +3.5% of fp32.
 
-INT4 is weight-only (its activations stay float), so this is not applied there: on the
-same model it gained under one point of perplexity for 15 MB of float weights, past the
-INT4 size budget.
+INT4 is weight-only, but a massive channel hurts it too: AWQ protects the channel by scaling
+its weights up, and the block's one scale then crushes the other 127 weights. int4-awq applies
+the same rule (round-to-nearest `int4` takes no calibration and does not): on SmolLM2-135M at
+block 128 it keeps 42 layers float (every down_proj among them) and takes held-out perplexity
+from +16.3% to +10.6% of fp32, the float weights stored fp16 (half.py) to stay within the
+INT4 size budget. (In fp32, with ratio 1000 and 6 layers, it had gained under one point for
+15 MB.)
 
 The test is on calibration statistics: max |x| over the median of the per-channel mean |x|.
 """

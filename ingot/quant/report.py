@@ -66,6 +66,11 @@ class QuantReport(_Frozen):
     session_config: dict[str, str] = {}
     weight_bytes_before: int = 0  # the replaced float weights
     weight_bytes_after: int = 0  # their quantized data plus scales
+    # the weights kept in float (embedding tables, LM head, float layers): stored as fp16 + Cast
+    # (half.py) or left fp32; their names and the bytes fp16 saved
+    float_weights: Literal["fp16", "fp32"] = "fp32"
+    half_weights: list[str] = []
+    half_bytes_saved: int = 0
 
     @property
     def layers_quantized(self) -> int:

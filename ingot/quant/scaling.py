@@ -9,7 +9,9 @@ cheapest exact form available:
    read only there (Llama's down_proj input silu(gate) * up): U's columns times 1/s;
 3. otherwise an explicit `Mul(X, 1/s)` feeding the group (other readers keep X).
 
-Folds need X to feed only the group, so no other reader sees the scaled tensor.
+Folds need every other reader of X to be a float layer, `MatMul(X, V)` with a constant V
+[K, M] read only there: V's rows are scaled by s, (X / s)(s V) = X V, so no reader sees a
+changed product (int4-awq keeps the k/v projections float beside a quantized q_proj).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ def move_inverse(edit: GraphEditor, x: str, group: list[Layer], inv: np.ndarray,
     """Apply X → X * inv ([K], inv = 1/s) for `group`, folded when exact (see above).
 
     `tag` names new tensors and nodes (`awq`, `smooth`). The caller scales the weights."""
-    if _fold_constant(edit, x, group, inv, tag) or _fold_matmul(edit, x, group, inv):
+    others = _float_readers(edit, x, group, inv.shape[0])
+    if others is not None and (_fold_constant(edit, x, inv, tag) or _fold_matmul(edit, x, inv)):
+        for v in others:  # X V = (X / s)(s V)
+            w = edit.array(v)
+            edit.set_array(v, (w.astype(np.float32) / inv[:, None].astype(np.float32)).astype(w.dtype))
         return "folded"
     _explicit(edit, x, group, inv, tag)
     return "explicit"
@@ -45,17 +51,35 @@ def shared_weights(groups: dict[str, list[Layer]]) -> set[str]:
     return shared
 
 
-def _sole_mul(edit: GraphEditor, x: str, group: list[Layer]) -> int | None:
-    """X's producer if it is a Mul and X feeds only `group` (and is no graph output)."""
-    index = edit.producer(x)
-    if index is None or edit.is_output(x) or set(edit.consumers(x)) != {layer.index for layer in group}:
+def _float_readers(edit: GraphEditor, x: str, group: list[Layer], k: int) -> list[str] | None:
+    """The weights V of X's readers outside `group`, if each is `MatMul(X, V)` with V a float
+    [K, M] initializer read only there; None if any reader is not (or X is a graph output)."""
+    if edit.is_output(x):
         return None
-    return index if edit.node(index).op_type == "Mul" else None
+    members, others = {layer.index for layer in group}, []
+    for index in edit.consumers(x):
+        if index in members:
+            continue
+        node = edit.node(index)
+        v = node.input[1] if node.op_type == "MatMul" and list(node.input[:1]) == [x] else None
+        if v is None or v not in edit.inits or len(edit.consumers(v)) != 1 or v in others:
+            return None
+        w = edit.array(v)
+        if w.ndim != 2 or w.shape[0] != k or w.dtype.kind != "f":
+            return None
+        others.append(v)
+    return others
 
 
-def _fold_constant(edit: GraphEditor, x: str, group: list[Layer], inv: np.ndarray, tag: str) -> bool:
+def _sole_mul(edit: GraphEditor, x: str) -> int | None:
+    """X's producer if it is a Mul (the readers were checked by _float_readers)."""
+    index = edit.producer(x)
+    return index if index is not None and edit.node(index).op_type == "Mul" else None
+
+
+def _fold_constant(edit: GraphEditor, x: str, inv: np.ndarray, tag: str) -> bool:
     """Case 1: `Mul(y, c)`, c constant broadcasting along X's last dim (size 1 or K)."""
-    index = _sole_mul(edit, x, group)
+    index = _sole_mul(edit, x)
     if index is None:
         return False
     node = edit.node(index)
@@ -74,12 +98,12 @@ def _fold_constant(edit: GraphEditor, x: str, group: list[Layer], inv: np.ndarra
     return True
 
 
-def _fold_matmul(edit: GraphEditor, x: str, group: list[Layer], inv: np.ndarray) -> bool:
+def _fold_matmul(edit: GraphEditor, x: str, inv: np.ndarray) -> bool:
     """Case 2: `Mul(a, b)`, b = MatMul(., U) with U [J, K] constant, b and U read once.
 
     (a * b) / s = a * (. @ (U / s)): U's columns are scaled in place (same initializer name,
     so a later pass that quantizes U reads the folded value)."""
-    index = _sole_mul(edit, x, group)
+    index = _sole_mul(edit, x)
     if index is None:
         return False
     for name in edit.node(index).input:

@@ -14,6 +14,10 @@ Scheme = Literal["none", "fp8", "int4", "int4-awq"]
 # The LM head is the most quantization-sensitive layer (its error lands directly on the
 # logits) and a small share of the weights; keep it in float unless asked otherwise.
 LM_HEAD = "lm_head*"
+# Attention key/value projections (Hugging Face names, Llama/Qwen2/Mistral): under grouped-query
+# attention each is read by every query head of its group, so its error is too. int4-awq keeps
+# them float by default (`kv_float`), as llama.cpp's Q4_K_M gives attn_v more bits.
+KV_PROJ = ("*k_proj/*", "*v_proj/*")
 
 
 class QuantSpec(BaseModel):
@@ -68,8 +72,9 @@ class QuantSpec(BaseModel):
     # Calibration rows kept per activation for the AWQ and smoothing searches (their matmuls
     # grow with it; on SmolLM2, 1024 rows gained nothing measurable over 512)
     search_rows: int = Field(512, ge=1)
-    # FP8 mixed precision: layers whose input's max |x| is at least this many times the median
-    # channel's mean |x| (massive activations, outliers.py) stay in float; None: none.
+    # FP8 and INT4-AWQ mixed precision: layers whose input's max |x| is at least this many
+    # times the median channel's mean |x| (massive activations, outliers.py) stay in float;
+    # None: none. (INT4 round-to-nearest takes no calibration and applies no such rule.)
     # SmolLM2-135M, held-out Hamlet (20 windows): ratio 1000 keeps 6 down_proj in float, +3.5%
     # perplexity, bundle 0.44x fp32; ratio 100 keeps 42 layers (every down_proj, q/k/v of 4
     # layers, gate/up of the last 2), +1.8%, bundle 0.58x
@@ -80,6 +85,17 @@ class QuantSpec(BaseModel):
     # over the feeds per layer). EfficientNet-Lite0 FP8 (4 photos + flips): all 50 layers FP8 keep
     # top-1 on 2 of 4 photos; 1-5 most sensitive layers in float, 3 of 4; 6, 8 or 10, all 4
     keep_sensitive: int = Field(0, ge=0)
+    # int4-awq: the attention key/value projections (KV_PROJ) stay float. SmolLM2-135M, block
+    # 128, held-out Hamlet (20 windows): all INT4 +16.3% perplexity; massive-activation layers
+    # float +10.6%; and the k/v projections +8.7% (bundle 0.32x fp32 with fp16 float weights)
+    kv_float: bool = True
+
+    # Storage of the weights a quantized plan keeps in float (embedding tables, the LM head,
+    # layers left in float): fp16 + Cast, which ONNX Runtime folds at load (half.py), or fp32.
+    # None: fp16 for INT4 (SmolLM2-135M: the tied embedding alone is 113 MB of the 178 MB
+    # all-INT4 bundle in fp32), fp32 for FP8, whose float layers are the massive-activation
+    # ones (SmolLM2-135M held-out Hamlet: +1.81% perplexity with them fp32, +1.89% fp16)
+    float_weights: Literal["fp16", "fp32"] | None = None
 
     # Quantize the LM head too (`lm_head*` is then not excluded). A tied head (Transpose of the
     # embedding table) gets its own quantized copy; the embedding Gather stays float.
@@ -110,6 +126,19 @@ class QuantSpec(BaseModel):
         if self.scheme == "none" or self.quantize_lm_head or LM_HEAD in self.exclude:
             return list(self.exclude)
         return [*self.exclude, LM_HEAD]
+
+    @property
+    def float_patterns(self) -> dict[str, str]:
+        """{pattern: why} of the layers this scheme keeps float by its own recipe (not `exclude`)."""
+        if self.scheme == "int4-awq" and self.kv_float:
+            return {p: "attention key/value projection: int4-awq keeps it float (kv_float; "
+                       "under grouped-query attention every query head of its group reads it)" for p in KV_PROJ}
+        return {}
+
+    @property
+    def float_storage(self) -> Literal["fp16", "fp32"]:
+        """`float_weights`, or the scheme's default."""
+        return self.float_weights or ("fp32" if self.scheme == "fp8" else "fp16")
 
     def block_for(self, layer: str) -> int:
         """INT4 block size of the layer (node name) `layer`."""

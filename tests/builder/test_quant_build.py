@@ -41,10 +41,13 @@ def test_int4_awq_manifest_and_gate(awq_bundle):
     m = open_bundle(awq_bundle).manifest
     q = m.quantization
     assert m.precision == "int4" and q.scheme == "int4-awq" and q.block_size == 32
-    assert q.layers_quantized == 14 and q.exclude == ["lm_head*"] and "lm_head/MatMul" in q.layers_skipped
+    assert q.layers_quantized == 10 and q.exclude == ["lm_head*"] and "lm_head/MatMul" in q.layers_skipped
+    kv = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
+    assert all("key/value projection" in q.layers_skipped[name] for name in kv)  # kv_float, the default
     assert q.calibration.format == "text" and q.calibration.samples == 8 and q.calibration.seq_len == 32
     assert q.cpu_accuracy_level == 4 and "MatMulNBits" in q.notes[0]
-    assert q.rounding == "gptq" and q.notes[1] == "GPTQ rounding: damp 0.01, act-order"
+    assert q.float_weights == "fp16" and "float weight tables stored as fp16" in q.notes[1]
+    assert q.rounding == "gptq" and q.notes[2] == "GPTQ rounding: damp 0.01, act-order"
     t = m.targets["cpu-x86_64"]
     assert t.session_config == {"session.qdq_matmulnbits_accuracy_level": "4"}
     v = t.verification
@@ -73,7 +76,17 @@ def test_no_gptq_rounds_to_nearest(tiny_llama_dir, calib_txt, tmp_path):
     out = built(tiny_llama_dir, tmp_path / "nearest", "--quant", "int4-awq", "--block-size", "32", "--no-gptq",
                 "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
     q = open_bundle(out).manifest.quantization
-    assert q.scheme == "int4-awq" and q.rounding == "nearest" and len(q.notes) == 1
+    assert q.scheme == "int4-awq" and q.rounding == "nearest" and not any("GPTQ" in n for n in q.notes)
+
+
+def test_every_layer_int4_and_fp32_float_weights_when_asked(tiny_llama_dir, calib_txt, awq_bundle, tmp_path):
+    out = built(tiny_llama_dir, tmp_path / "all", "--quant", "int4-awq", "--block-size", "32", "--no-kv-float",
+                "--float-weights", "fp32", "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
+    q = open_bundle(out).manifest.quantization
+    assert q.layers_quantized == 14 and set(q.layers_skipped) == {"lm_head/MatMul"} and q.float_weights == "fp32"
+    assert not any("fp16" in n for n in q.notes)
+    sizes = [sum(f.size for f in open_bundle(b).manifest.files()) for b in (awq_bundle, out)]
+    assert sizes[0] < sizes[1]  # fp16 float weights, though the k/v projections are float there
 
 
 def test_fp8_needs_calibration_and_records_cpu_settings(tiny_llama_dir, calib_txt, tmp_path):

@@ -16,7 +16,7 @@ BS = 32
 @pytest.fixture(scope="module")
 def awq_run(outlier_llama_onnx, calib_feeds):
     """Every option on: duo scaling and clipping (the default is plain AWQ, see plain_awq_run)."""
-    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=True, awq_clip=True)
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=True, awq_clip=True, kv_float=False, massive_ratio=None)
     qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
     stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
     return qmodel, report, stats
@@ -25,8 +25,9 @@ def awq_run(outlier_llama_onnx, calib_feeds):
 @pytest.fixture(scope="module")
 def plain_awq_run(outlier_llama_onnx, calib_feeds):
     """AWQ as in the paper (s = mean|X|^alpha, no clipping; the default) with round-to-nearest
-    rather than GPTQ: the weights are exactly Q(W * s)."""
-    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=False, awq_clip=False, gptq=False)
+    rather than GPTQ: the weights are exactly Q(W * s). Every layer INT4 (no float recipe)."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=False, awq_clip=False, gptq=False, kv_float=False,
+                     massive_ratio=None)
     qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
     stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
     return qmodel, report, stats
@@ -155,8 +156,9 @@ def test_awq_on_random_weights_is_no_worse_on_calibration_rows(tiny_llama_onnx, 
           f"AWQ {rel_rms(run(qmodel, test_feeds), ref):.4f}")
 
 
-def _branchy(extra_reader: bool):
-    """x → h = x * c → fc/MatMul(h, w); optionally h also feeds an Add (then no folding)."""
+def _branchy(extra_reader: str | None):
+    """x → h = x * c → fc/MatMul(h, w); optionally h also feeds an Add (then no folding) or a
+    float layer kv/MatMul(h, v) (folded: v's rows take s)."""
     rng = np.random.default_rng(0)
     c = np.ones(64, np.float32)
     c[[5, 9]] = 40.0
@@ -164,21 +166,51 @@ def _branchy(extra_reader: bool):
     nodes = [helper.make_node("Mul", ["x", "c"], ["h"], name="norm/Mul"),
              helper.make_node("MatMul", ["h", "w"], ["y"], name="fc/MatMul")]
     outputs = {"y": ["m", 32]}
-    if extra_reader:
+    if extra_reader == "add":
         nodes.append(helper.make_node("Add", ["h", "h"], ["z"], name="res/Add"))
         outputs["z"] = ["m", 64]
+    if extra_reader == "matmul":
+        weights["v"] = rng.standard_normal((64, 16)).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", ["h", "v"], ["z"], name="kv/MatMul"))
+        outputs["z"] = ["m", 16]
     return make_model(nodes, {"x": ["m", 64]}, outputs, weights)
 
 
-@pytest.mark.parametrize("extra_reader,scaling", [(False, "folded"), (True, "explicit")])
-def test_folding_needs_a_sole_reader(extra_reader, scaling):
+@pytest.mark.parametrize("extra_reader,scaling", [(None, "folded"), ("add", "explicit"), ("matmul", "folded")])
+def test_folding_needs_every_other_reader_to_be_a_float_layer(extra_reader, scaling):
     model = _branchy(extra_reader)
     x = np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)
-    qmodel, report = quantize(model, QuantSpec(scheme="int4-awq", block_size=BS), [{"x": x}])
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, exclude=["kv/*"], float_weights="fp32", massive_ratio=None)
+    qmodel, report = quantize(model, spec, [{"x": x}])
     assert report.awq[0].scaling == scaling and report.awq[0].alpha > 0
-    if extra_reader:  # the other reader still sees the unscaled h
+    if extra_reader == "add":  # the other reader still sees the unscaled h
         assert initializer(qmodel, "c").tolist() == initializer(model, "c").tolist()
-        np.testing.assert_allclose(_out(qmodel, x, "z"), _out(model, x, "z"))
+    if extra_reader == "matmul":  # it sees h / s, and its weight's rows took s
+        assert {t.name for t in qmodel.graph.initializer} >= {"c_awq", "v"}  # c became c / s
+        assert not np.allclose(initializer(qmodel, "v"), initializer(model, "v"))
+    if extra_reader:
+        np.testing.assert_allclose(_out(qmodel, x, "z"), _out(model, x, "z"), rtol=1e-4, atol=1e-4)
+
+
+def test_int4_awq_keeps_the_kv_projections_float_beside_a_folded_q(outlier_llama_onnx, calib_feeds, test_feeds):
+    """The default recipe: k/v projections float (kv_float), q_proj alone in its group with
+    1/s still folded into the norm gamma, and s folded into the float k/v weights' rows."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, gptq=False, massive_ratio=None, float_weights="fp32")
+    qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
+    kv = [s.name for s in report.skipped if "key/value" in s.reason]
+    assert len(kv) == 4 and all(("k_proj" in n) != ("v_proj" in n) for n in kv)
+    assert not any("k_proj" in n or "v_proj" in n for n in report.quantized) and len(report.quantized) == 2 * 5
+    stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
+    nodes, q_nodes = {n.name: n for n in outlier_llama_onnx.graph.node}, {n.name: n for n in qmodel.graph.node}
+    for c in (c for c in report.awq if "q_proj" in c.layers[0]):
+        assert len(c.layers) == 1 and c.alpha > 0 and c.scaling == "folded", c
+        s = awq_scale(stats[c.activation].channel_mean_abs, c.alpha)
+        for name in (c.layers[0].replace("q_proj", p) for p in ("k_proj", "v_proj")):
+            w = initializer(outlier_llama_onnx, nodes[name].input[1])
+            np.testing.assert_allclose(initializer(qmodel, q_nodes[name].input[1]), w * s[:, None], rtol=1e-6)
+    every, _ = quantize(outlier_llama_onnx, spec.model_copy(update={"kv_float": False}), calib_feeds)
+    ref = run(outlier_llama_onnx, test_feeds)
+    assert rel_rms(run(qmodel, test_feeds), ref) < rel_rms(run(every, test_feeds), ref)
 
 
 def _out(model, x, name):

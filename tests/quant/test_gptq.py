@@ -117,7 +117,7 @@ def _dequantized(qmodel, weight):
 
 def test_a_tied_weight_minimizes_both_outputs_errors():
     model, weights, feeds = _tied()
-    spec = QuantSpec(scheme="int4-awq", block_size=BS)
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, massive_ratio=None)
     qmodel, report = quantize(model, spec, feeds)
     assert report.rounding == "gptq" and report.gptq_damp == 0.01 and report.gptq_act_order
     assert [c.scaling for c in report.awq] == ["none", "none"]  # a shared weight: no AWQ scale
@@ -148,7 +148,7 @@ def test_the_hessian_follows_the_awq_scale():
     under diag(1/s) H diag(1/s), H the Gram matrix of h, so its error there is below nearest
     rounding's."""
     model, weights, feeds = _normed()
-    spec = QuantSpec(scheme="int4-awq", block_size=BS)
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, massive_ratio=None)
     qmodel, report = quantize(model, spec, feeds)
     plain, plain_report = quantize(model, spec.model_copy(update={"gptq": False}), feeds)
     assert report.awq[0].scaling == "folded" and report.awq[0].alpha > 0 and plain_report.rounding == "nearest"

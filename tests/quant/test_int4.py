@@ -34,10 +34,11 @@ def test_every_linear_layer_but_lm_head_gets_a_block_dq(tiny_llama_onnx, bs):
         q, scale = inits[dq.input[0]], inits[dq.input[1]]
         assert q.data_type == TensorProto.INT4 and scale.data_type == TensorProto.FLOAT
         assert list(scale.dims) == [q.dims[0] // bs, q.dims[1]]
-    # every layer MatMul reads a DQ, except lm_head, which keeps its float weight
+    # every layer MatMul reads a DQ, except lm_head, which keeps its float weight (stored fp16)
     for node in ops(qmodel, "MatMul"):
         if node.name == "lm_head/MatMul":
-            assert node.input[1] in inits
+            cast = produced[node.input[1]]
+            assert cast.op_type == "Cast" and inits[cast.input[0]].data_type == TensorProto.FLOAT16
         elif "proj" in node.name:
             assert produced[node.input[1]].op_type == "DequantizeLinear"
         else:  # attention scores and P @ V: untouched
@@ -213,9 +214,10 @@ def test_a_tied_lm_head_is_quantized_only_when_asked_with_its_own_block_size():
     blocks = {n.name: helper.get_attribute_value(n.attribute[1]) for n in ops(qmodel, "DequantizeLinear")}
     assert sorted(blocks.values()) == [32, 64]  # the head at lm_head_block_size, capped by block_size
     assert not ops(qmodel, "Transpose") and ops(qmodel, "Gather")[0].input[0] == "E"  # embedding stays float
+    assert ops(qmodel, "Cast")[0].output[0] == "E" and report.half_weights == ["E"]  # stored fp16
     ids = np.arange(0, 96, 3, dtype=np.int64)
     E, w = initializer(model, "E"), initializer(model, "w")
-    expected = (E[ids] @ int4_round_trip(w, 64)) @ int4_round_trip(np.ascontiguousarray(E.T), 32)
+    expected = (E.astype(np.float16).astype(np.float32)[ids] @ int4_round_trip(w, 64)) @ int4_round_trip(np.ascontiguousarray(E.T), 32)
     got = session(qmodel, {"session.qdq_matmulnbits_accuracy_level": "0"}).run(None, {"ids": ids})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 

@@ -60,9 +60,16 @@ def test_fp8_keeps_a_layer_with_massive_inputs_in_float():
     assert report.quantized == ["fc1/MatMul", "fc2/MatMul"] and report.skipped == []
 
 
-def test_int4_awq_quantizes_layers_with_massive_inputs():
-    """Weight-only INT4 keeps its activations in float: no exclusion there (see outliers.py)."""
-    _, report = quantize(_sink_mlp(), QuantSpec(scheme="int4-awq", block_size=32), _massive_feeds(4, 0))
+def test_int4_awq_keeps_layers_with_massive_inputs_float_and_rtn_does_not():
+    """int4-awq applies the rule on its calibration statistics; int4 (round to nearest, no
+    calibration) quantizes every layer."""
+    spec = QuantSpec(scheme="int4-awq", block_size=32)
+    _, report = quantize(_sink_mlp(), spec, _massive_feeds(4, 0))
+    assert report.quantized == ["fc2/MatMul"] and [s.name for s in report.skipped] == ["fc1/MatMul"]
+    assert "massive activations" in report.skipped[0].reason
+    _, report = quantize(_sink_mlp(), spec.model_copy(update={"massive_ratio": None}), _massive_feeds(4, 0))
+    assert report.quantized == ["fc1/MatMul", "fc2/MatMul"]
+    _, report = quantize(_sink_mlp(), QuantSpec(scheme="int4", block_size=32))
     assert report.quantized == ["fc1/MatMul", "fc2/MatMul"] and report.skipped == []
 
 

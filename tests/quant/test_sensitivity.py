@@ -46,7 +46,7 @@ def test_keep_sensitive_off_by_default_and_needs_feeds(tiny_llama_onnx, calib_fe
 def test_int4_keeps_the_layers_most_sensitive_to_rounding_in_float(tiny_llama_onnx, calib_feeds, scheme):
     from ingot.quant.int4 import int4_layers, quantize_int4
 
-    spec = QuantSpec(scheme=scheme, block_size=16, keep_sensitive=2)
+    spec = QuantSpec(scheme=scheme, block_size=16, keep_sensitive=2, kv_float=False, massive_ratio=None)
     qmodel, report = quantize(tiny_llama_onnx, spec, calib_feeds)
     sensitive = [s.name for s in report.skipped if s.reason.startswith("sensitive:")]
     layers, _ = int4_layers(tiny_llama_onnx, spec)

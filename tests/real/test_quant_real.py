@@ -5,12 +5,12 @@ no calibration window saw. Each quantized bundle is built from the fp32 bundle (
 a valid source), so the export is not repeated.
 
 Issue 3's SmolLM2 targets are INT4-AWQ (block 128) within +10% of fp32 and FP8 within +2%.
-The INT4 one is NOT met yet (see BENCHMARKS.md; on this text AWQ + GPTQ +18%, RTN +58%; FP8
-with 42 layers in float +1.8% on the 20-window Hamlet text),
-nor is INT4 cosine >= 0.99 on MiniLM (RTN ~0.91, AWQ + GPTQ ~0.95). The tests below assert
-what holds today (AWQ beats RTN and stays within +30%, FP8 within 5%, INT4 size, FP8 MiniLM
-cosine >= 0.99, FP8 EfficientNet top-1 where fp32 is confident) as regression guards, and
-print the figures.
+INT4-AWQ meets it with its default mixed precision (the k/v projections and the
+massive-activation layers float, stored fp16; on this text +9.5%, every layer INT4 +17.9%,
+RTN +58%; see BENCHMARKS.md); FP8 with 42 layers in float is +1.8% on the 20-window Hamlet
+text (+1.9% here). INT4 cosine >= 0.99 on MiniLM needs options (RTN ~0.91, AWQ + GPTQ ~0.95
+at the defaults). The tests assert the targets where they hold, regression guards elsewhere
+(FP8 within 3%, INT4 MiniLM floors), and print the figures.
 """
 
 import json
@@ -79,7 +79,8 @@ def test_smollm2_int4_awq_beats_rtn(smol):
     _, p = smol
     print(f"SmolLM2 held-out Hamlet perplexity: {p}")
     assert p["int4-awq"] < p["int4"]
-    assert p["int4-awq"] <= 1.30 * p["fp32"]  # measured +17.9% with GPTQ, +35.6% without (RTN +58.8%)
+    # the issue's target; measured +9.5% (every layer INT4: +17.9% with GPTQ, +35.6% without; RTN +58.8%)
+    assert p["int4-awq"] <= 1.10 * p["fp32"]
 
 
 def test_smollm2_fp8_within_3pct(smol):
@@ -90,8 +91,12 @@ def test_smollm2_fp8_within_3pct(smol):
 def test_smollm2_int4_bundle_size(smol):
     bundles, _ = smol
     ratio = size(bundles["int4-awq"]) / size(bundles["fp32"])
-    print(f"INT4 / fp32 bundle size: {ratio:.3f}")
-    assert ratio <= 0.35
+    q = open_bundle(bundles["int4-awq"]).manifest.quantization
+    print(f"INT4 / fp32 bundle size: {ratio:.3f}, {q.layers_quantized} layers INT4, float weights {q.float_weights}")
+    assert ratio <= 0.35  # measured 0.317, with 96 of 210 layers (35% of the weights) float, in fp16
+    kv = [n for n, why in q.layers_skipped.items() if "key/value" in why]
+    massive = [n for n, why in q.layers_skipped.items() if "massive activations" in why]
+    assert len(kv) == 60 and {f"model.layers.{i}.mlp.down_proj/MatMul" for i in (1, 2, 9, 11, 28, 29)} <= set(massive)
 
 
 def test_smollm2_fp8_keeps_massive_activation_layers_in_float(smol):
