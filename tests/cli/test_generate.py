@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from ingot.plans import open_bundle
 from tests.conftest import assert_user_error, built, ingot
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -24,6 +25,9 @@ def test_prompt_prints_the_text_and_the_kv_report(llama_bundle):
     proc = ingot("run", llama_bundle, "--prompt", "The quick brown fox", "--max-tokens", "8", "--ignore-eos")
     assert proc.returncode == 0, proc.stderr
     assert "kv cache:" in proc.stderr and "blocks" in proc.stderr and "tokens" in proc.stderr
+    info = open_bundle(llama_bundle).manifest.llm  # the cpu plan's windows, beside the pool, at most
+    windows = info.max_num_seqs * info.max_model_len * info.kv_bytes_per_token
+    assert f"attention windows up to {windows / 2**20:.1f} MiB more" in proc.stderr
     (data,) = lines(ingot("run", llama_bundle, "--prompt", "The quick brown fox", "--max-tokens", "8",
                           "--ignore-eos", "--json").stdout)
     assert proc.stdout == newlines(data["text"]) + "\n"

@@ -36,6 +36,7 @@ class Runner(Protocol):
     info: LLMInfo
     num_blocks: int
     kv_cache_bytes: int
+    window_bytes_max: int  # memory beside the pool: the cpu plan's attention windows, at most
     tokenizer: TextTokenizer
 
     def execute(self, out: SchedulerOutput) -> np.ndarray: ...
@@ -51,6 +52,7 @@ class KVCacheReport:
     max_model_len: int
     max_num_seqs: int
     max_num_tokens: int
+    window_bytes_max: int = 0  # the cpu plan's attention windows (beside the pool), at most
 
     @property
     def max_tokens(self) -> int:
@@ -60,7 +62,8 @@ class KVCacheReport:
     def __str__(self) -> str:
         return (f"kv cache: {self.num_blocks} blocks x {self.block_size} tokens = {self.max_tokens} tokens, "
                 f"{self.kv_cache_bytes / 2**20:.1f} MiB (max_model_len {self.max_model_len}, "
-                f"max_num_seqs {self.max_num_seqs}, max_num_tokens {self.max_num_tokens} a step)")
+                f"max_num_seqs {self.max_num_seqs}, max_num_tokens {self.max_num_tokens} a step)"
+                + (f"; attention windows up to {self.window_bytes_max / 2**20:.1f} MiB more" if self.window_bytes_max else ""))
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,22 @@ class _Request:
     num_sent_tokens: int = 0  # output tokens handed out so far
 
 
+# Token budget of a step unless asked otherwise (vLLM's max_num_batched_tokens), capped by the
+# plan's limit. A 2048-token step of SmolLM2-135M takes ~1.4 s on 2 cores, and every decode in
+# flight waits for it; 512-token steps let 16 requests' first tokens out at 0.2x onnxruntime-
+# genai's TTFT (2048: 0.73x) at the same throughput (BENCHMARKS.md, sixth and seventh sessions).
+DEFAULT_STEP_TOKENS = 512
+
+
 class LLMEngine:
     def __init__(self, runner: Runner, *, max_waiting: int = 1024, max_num_tokens: int | None = None):
-        """`max_num_tokens`: a smaller token budget per step than the plan's limit (shorter steps
-        let decodes run between prefill chunks: lower time to first token under load)."""
+        """`max_num_tokens`: the token budget per step (default DEFAULT_STEP_TOKENS), at most
+        the plan's limit. Shorter steps let decodes run between prefill chunks: lower time to
+        first token under load; longer ones prefill long prompts in fewer calls."""
         info = runner.info
         self.runner = runner
-        budget = info.max_num_tokens if max_num_tokens is None else min(max_num_tokens, info.max_num_tokens)
+        budget = min(DEFAULT_STEP_TOKENS if max_num_tokens is None else max_num_tokens, info.max_num_tokens)
+        assert budget >= 1, max_num_tokens
         self.config = SchedulerConfig(
             max_num_tokens=budget, max_num_seqs=info.max_num_seqs, max_model_len=info.max_model_len,
             max_waiting=max_waiting, block_size=info.kv_block_size, enable_prefix_caching=True,
@@ -191,7 +203,7 @@ class LLMEngine:
     def kv_report(self) -> KVCacheReport:
         c = self.config
         return KVCacheReport(self.runner.num_blocks, c.block_size, self.runner.kv_cache_bytes, c.max_model_len,
-                             c.max_num_seqs, c.max_num_tokens)
+                             c.max_num_seqs, c.max_num_tokens, self.runner.window_bytes_max)
 
     # ---- helpers
 

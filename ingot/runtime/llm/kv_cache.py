@@ -13,6 +13,7 @@ import numpy as np
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
 from ingot.runtime.errors import RunError
+from ingot.runtime.llm.pages import populated
 
 DEFAULT_FRACTION = 0.25  # of available memory, when --kv-cache-memory is not given
 
@@ -54,7 +55,7 @@ class KVCache:
     def __init__(self, info: LLMInfo, num_blocks: int):
         shape = (info.num_layers, 2, info.num_kv_heads, num_blocks, info.kv_block_size, info.head_dim)
         self.info, self.num_blocks = info, num_blocks
-        self.pool = np.zeros(shape, dtype=np.float32)
+        self.pool = populated(shape)
         # the caches by name (ingot.plans.llm.key_cache), for the windows' gathers
         self.caches = {name: self.pool[layer, kv] for layer in range(info.num_layers)
                       for kv, name in ((0, names.key_cache(layer)), (1, names.value_cache(layer)))}

@@ -48,6 +48,12 @@ class ModelRunner:
         return self.kv.nbytes
 
     @property
+    def window_bytes_max(self) -> int:
+        """The attention windows' memory at most, beside the pool: every sequence's past as
+        one [B, kv, W, dim] pair per layer (windows.py), B <= max_num_seqs, W <= max_model_len."""
+        return self.info.max_num_seqs * self.info.max_model_len * self.info.kv_bytes_per_token
+
+    @property
     def max_cached_tokens(self) -> int:
         return self.kv.max_tokens
 

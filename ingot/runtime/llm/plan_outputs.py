@@ -15,6 +15,7 @@ import numpy as np
 
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
+from ingot.runtime.llm.pages import populated
 
 
 class ReusedArrays:
@@ -30,7 +31,7 @@ class ReusedArrays:
             size = int(np.prod(shape))
             if size > self.capacity:
                 self.capacity = max(size, self.capacity * 3 // 2)
-                self.flat = {name: np.empty(self.capacity, np.float32) for name in self.names}
+                self.flat = {name: populated((self.capacity,)) for name in self.names}
                 self.views.clear()  # views of the old arrays would keep them alive
             if len(self.views) > 64:
                 self.views.clear()

@@ -24,6 +24,7 @@ import numpy as np
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
 from ingot.runtime.llm.batch import PackedBatch, fill_windows, window_caches, window_shape
+from ingot.runtime.llm.pages import populated
 from ingot.runtime.llm.plan_outputs import ReusedArrays
 
 Bound = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # window inputs, and presents on the same arrays
@@ -103,7 +104,7 @@ class Windows:
         width = -(-max(width, have[2]) // info.kv_block_size) * info.kv_block_size
         grown = {}
         for name, _ in self.names:
-            grown[name] = np.empty((rows, info.num_kv_heads, width, info.head_dim), np.float32)
+            grown[name] = populated((rows, info.num_kv_heads, width, info.head_dim))
             for r, n in enumerate(self.filled):
                 grown[name][r, :, :n] = self.rows[name][r, :, :n]
         self.rows = grown
