@@ -36,7 +36,8 @@ class BuildConfig(BaseModel):
     accuracy_level: int = Field(4, ge=0, le=4)
     quant_lm_head: bool = False
     massive_ratio: float = Field(100.0, ge=0)  # FP8 and int4-awq: 0 turns the massive-activation rule off
-    kv_float: bool = True  # int4-awq: attention key/value projections stay float
+    kv_float: bool = True  # int4-awq: attention key/value projections stay out of INT4
+    recipe_precision: Literal["float", "int8"] = "float"  # int4-awq: the layers its recipe keeps out of INT4
     keep_sensitive: int = Field(0, ge=0)  # this many most sensitive layers stay float (0: off)
     gptq: bool = True  # int4-awq: GPTQ rounding (False: round to nearest)
     float_weights: Literal["fp16", "fp32"] | None = None  # storage of the float weights (None: the scheme's default)

@@ -37,7 +37,8 @@ def quant_spec(cfg: BuildConfig):
         return QuantSpec(
             scheme=cfg.quant, block_size=cfg.block_size, exclude=cfg.exclude, calib_method=cfg.calib_method,
             accuracy_level=cfg.accuracy_level, quantize_lm_head=cfg.quant_lm_head, gptq=cfg.gptq,
-            float_weights=cfg.float_weights, kv_float=cfg.kv_float, massive_ratio=cfg.massive_ratio or None,
+            float_weights=cfg.float_weights, kv_float=cfg.kv_float, recipe_precision=cfg.recipe_precision,
+            massive_ratio=cfg.massive_ratio or None,
             keep_sensitive=cfg.keep_sensitive,
         )
     except ValidationError as e:
@@ -82,6 +83,7 @@ class QuantResult:
             float_weights=r.float_weights,
             layers_quantized=r.layers_quantized,
             layers_skipped={k.name: k.reason for k in r.skipped},
+            layers_int8={k.name: k.reason for k in r.int8},
             warnings=r.warnings,
             notes=notes,
         )

@@ -50,6 +50,8 @@ def quantization(q) -> None:
         out.print(f"  calibration: {c.source} ({c.format}, {c.samples} samples, seq {c.seq_len}, {c.method})")
     for name, reason in q.layers_skipped.items():
         out.print(f"  skipped {name}: {reason}")
+    for name, reason in q.layers_int8.items():
+        out.print(f"  int8 {name}: {reason}")
     for line in [*q.warnings, *q.notes]:
         out.print(f"  note: {line}")
 

@@ -157,6 +157,7 @@ class Quantization(_Frozen):
     float_weights: Literal["fp16", "fp32"] = "fp32"  # storage of the weights kept in float (embeddings, head, float layers)
     layers_quantized: int
     layers_skipped: dict[str, str] = {}  # node name -> reason
+    layers_int8: dict[str, str] = {}  # int4-awq: node name -> why it is INT8 weight-only, not INT4
     warnings: list[str] = []
     notes: list[str] = []
 

@@ -34,7 +34,7 @@ from ingot.quant.gptq import act_order, gptq_quantize, inverse_cholesky
 from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
 from ingot.quant.outliers import keep_massive
-from ingot.quant.primitives import int4_quantize, padded_k
+from ingot.quant.primitives import int4_quantize, int8_channel_quantize, padded_k
 from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
 from ingot.quant.sensitivity import without_sensitive
@@ -71,9 +71,13 @@ def quantize_int4(
     if spec.scheme == "int4-awq" and stats is None:
         raise QuantError("--quant int4-awq needs calibration data: pass --calib FILE")
     layers, skipped = int4_layers(model, spec)
+    int8: list[SkippedLayer] = []
     if spec.scheme == "int4-awq":
         layers, kept = _recipe_float(layers, spec, stats)
-        skipped = skipped + kept
+        if spec.recipe_precision == "int8":
+            int8 = kept
+        else:
+            skipped = skipped + kept
     if spec.keep_sensitive and len(layers) > 1:
         if not feeds:
             raise QuantError(f"--quant {spec.scheme}: keep_sensitive needs the calibration feeds")
@@ -81,15 +85,15 @@ def quantize_int4(
         layers, sensitive = without_sensitive(model, layers, lambda layer: _quantize_int4(model, rtn, None, [layer], skipped),
                                               feeds, spec.keep_sensitive)
         skipped = skipped + sensitive
-    return _quantize_int4(model, spec, stats, layers, skipped)
+    return _quantize_int4(model, spec, stats, layers, skipped, int8)
 
 
 def _recipe_float(
     layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats]
 ) -> tuple[list[Layer], list[SkippedLayer]]:
-    """int4-awq's own mixed precision: its float patterns (the k/v projections) and the layers
-    whose input has massive activations stay float. Their weights are stored as the plan's
-    other float weights are (fp16 by default: half.py), which keeps the bundle small."""
+    """int4-awq's own mixed precision: its patterns (the k/v projections) and the layers whose
+    input has massive activations stay out of INT4: INT8 weight-only (spec.recipe_precision),
+    or float, stored as the plan's other float weights are (fp16 by default: half.py)."""
     patterns, kept, rest = spec.float_patterns, [], []
     for layer in layers:
         why = next((why for p, why in patterns.items() if fnmatch(layer.name, p)), None)
@@ -103,26 +107,32 @@ def _recipe_float(
 
 def _quantize_int4(
     model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats] | None, layers: list[Layer],
-    skipped: list[SkippedLayer],
+    skipped: list[SkippedLayer], int8: list[SkippedLayer] = (),
 ) -> tuple[onnx.ModelProto, QuantReport]:
-    """INT4 weights for `layers` (found in `model`) in a copy of `model`; `skipped` goes to the report."""
+    """INT4 weights for `layers` (found in `model`) and INT8 weights for the `int8` ones in a
+    copy of `model`; `skipped` goes to the report."""
     model = prepared_copy(model, MIN_OPSET)
     names = {layer.name for layer in layers}  # the same nodes in the copy (whose indices may differ)
-    layers = [layer for layer in int4_layers(model, spec)[0] if layer.name in names]
+    found = int4_layers(model, spec)[0]
+    layers = [layer for layer in found if layer.name in names]
+    wide = {k.name for k in int8}
+    int8_layers = [layer for layer in found if layer.name in wide]
     edit = GraphEditor(model)
     prepared, choices, scales = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [], {})
     gptq = spec.scheme == "int4-awq" and spec.gptq
     rounded = _gptq_weights(edit, layers, prepared, scales, stats, spec) if gptq else {}
     before, after = _quantize_weights(edit, layers, prepared, rounded, spec)
+    before8, after8 = _int8_weights(edit, int8_layers)
     padded = _pad_activations(edit, layers, spec)
     edit.finish()
     report = QuantReport(
         scheme=spec.scheme, block_size=spec.block_size, exclude=spec.effective_exclude,
-        quantized=[layer.name for layer in layers], skipped=skipped, warnings=skip_warnings(skipped), awq=choices,
+        quantized=[layer.name for layer in layers], skipped=skipped, int8=list(int8), warnings=skip_warnings(skipped),
+        awq=choices,
         padded=padded, rounding="gptq" if gptq else "nearest", gptq_damp=spec.gptq_damp if gptq else None,
         gptq_act_order=spec.gptq_act_order if gptq else None,
         session_config={"session.qdq_matmulnbits_accuracy_level": str(spec.accuracy_level)},
-        weight_bytes_before=before, weight_bytes_after=after,
+        weight_bytes_before=before + before8, weight_bytes_after=after + after8,
     )
     return model, report
 
@@ -149,6 +159,27 @@ def _quantize_weights(
         edit.retire(weight)
         before += w.nbytes
         after += (q.size + 1) // 2 + scale.nbytes  # two int4 per byte
+    return before, after
+
+
+def _int8_weights(edit: GraphEditor, layers: list[Layer]) -> tuple[int, int]:
+    """INT8 weight-only, one scale per output channel: int8 W → DequantizeLinear(axis=1) →
+    MatMul, for each weight of `layers` (as it is now: AWQ may have scaled its rows). Returns
+    bytes (float before, int8 + scales after)."""
+    before = after = 0
+    for weight, users in _by_weight(layers).items():
+        w = edit.array(weight)
+        q, scale = int8_channel_quantize(w)
+        dq = edit.insert(
+            users[0].index, "DequantizeLinear",
+            [edit.add_initializer(f"{weight}_int8", q), edit.add_initializer(f"{weight}_scale", scale)],
+            f"{weight}_dq", f"{scope(users[0].name)}/weight_DequantizeLinear", axis=1,
+        )
+        for layer in users:
+            edit.set_input(layer.index, 1, dq)
+        edit.retire(weight)
+        before += w.nbytes
+        after += q.nbytes + scale.nbytes
     return before, after
 
 

@@ -32,6 +32,16 @@ def int4_quantize(w: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarra
     return q.reshape(-1, w.shape[1]).astype(ml_dtypes.int4), scale.astype(w.dtype)
 
 
+def int8_channel_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[K, N] float weight → (q [K, N] int8, scale [N] in w's dtype), one scale per output
+    channel (`DequantizeLinear(axis=1)`, TensorRT's INT8 weight-only form): scale[n] =
+    max |w[:, n]| / 127, q = round(w / scale) (a column of zeros gets scale 1)."""
+    amax = np.abs(w.astype(np.float32)).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w.astype(np.float32) / scale), -127, 127).astype(np.int8)
+    return q, scale.astype(w.dtype)
+
+
 def int4_dequantize(q: np.ndarray, scale: np.ndarray, block_size: int) -> np.ndarray:
     """Inverse of `int4_quantize`: [K, N] float32."""
     k, n = q.shape

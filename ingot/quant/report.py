@@ -53,6 +53,7 @@ class QuantReport(_Frozen):
     exclude: list[str] = []  # the patterns that were applied
     quantized: list[str] = []  # node names
     skipped: list[SkippedLayer] = []
+    int8: list[SkippedLayer] = []  # int4-awq: layers kept out of INT4 as INT8 weight-only, with the reason
     warnings: list[str] = []
     awq: list[AwqChoice] = []
     padded: list[str] = []  # INT4: layers whose K was zero-padded to whole blocks (with a Pad on X)

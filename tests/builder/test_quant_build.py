@@ -89,6 +89,18 @@ def test_every_layer_int4_and_fp32_float_weights_when_asked(tiny_llama_dir, cali
     assert sizes[0] < sizes[1]  # fp16 float weights, though the k/v projections are float there
 
 
+def test_recipe_layers_as_int8_are_listed_and_shown(tiny_llama_dir, calib_txt, tmp_path):
+    out = built(tiny_llama_dir, tmp_path / "i8", "--quant", "int4-awq", "--block-size", "32", "--recipe-precision", "int8",
+                "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
+    q = open_bundle(out).manifest.quantization
+    kv = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
+    assert set(q.layers_int8) == kv and q.layers_quantized == 10 and set(q.layers_skipped) == {"lm_head/MatMul"}
+    assert "int8 model.layers.0.self_attn.k_proj/MatMul: attention key/value projection" in ingot("inspect", out).stdout
+    for flag, value in (("--recipe-precision", "int3"), ("--float-weights", "fp64")):
+        assert_user_error(ingot("build", tiny_llama_dir, "--quant", "int4", flag, value, "-o", tmp_path / "bad"), flag)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_fp8_needs_calibration_and_records_cpu_settings(tiny_llama_dir, calib_txt, tmp_path):
     assert_user_error(ingot("build", tiny_llama_dir, "--quant", "fp8", "-o", tmp_path / "x"), "needs calibration data")
     assert not (tmp_path / "x").exists()

@@ -258,3 +258,33 @@ def test_search_picks_the_least_output_error_of_all_candidates():
 def test_chunks_bound_the_batched_arrays():
     assert _chunks(list(range(7)), per_scale=100, budget=350) == [[0, 1, 2], [3, 4, 5], [6]]
     assert _chunks([1, 2], per_scale=1000, budget=10) == [[1], [2]]  # at least one per run
+
+
+def test_recipe_layers_as_int8_weight_only_fuse_into_8_bit_matmulnbits(outlier_llama_onnx, calib_feeds, test_feeds, tmp_path):
+    """recipe_precision int8: the k/v projections get int8 weights with one scale per output
+    channel (DequantizeLinear axis 1), exactly round(W s / scale) of their AWQ-scaled weight;
+    ONNX Runtime runs them as 8-bit MatMulNBits; the logits stay near the float-recipe plan's."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, gptq=False, massive_ratio=None, float_weights="fp32")
+    as_float, _ = quantize(outlier_llama_onnx, spec, calib_feeds)
+    qmodel, report = quantize(outlier_llama_onnx, spec.model_copy(update={"recipe_precision": "int8"}), calib_feeds)
+    onnx.checker.check_model(qmodel, full_check=True)
+    assert len(report.int8) == 4 and all("key/value" in k.reason for k in report.int8)
+    assert [s.name for s in report.skipped] == ["lm_head/MatMul"]
+    assert not {k.name for k in report.int8} & set(report.quantized)
+    nodes, f_nodes = {n.name: n for n in qmodel.graph.node}, {n.name: n for n in as_float.graph.node}
+    produced = {n.output[0]: n for n in qmodel.graph.node}
+    for k in report.int8:
+        dq = produced[nodes[k.name].input[1]]
+        assert dq.op_type == "DequantizeLinear" and [(a.name, a.i) for a in dq.attribute] == [("axis", 1)]
+        q, scale = initializer(qmodel, dq.input[0]), initializer(qmodel, dq.input[1])
+        w = initializer(as_float, f_nodes[k.name].input[1])  # the float recipe's weight: AWQ-scaled rows
+        assert q.dtype == np.int8 and scale.shape == (w.shape[1],)
+        np.testing.assert_allclose(q * scale, w, atol=0.51 * scale.max())
+    path = tmp_path / "opt.onnx"
+    from tests.quant.util import session
+
+    session(qmodel, report.session_config, optimized=str(path))
+    bits = sorted(a.i for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits")
+    assert bits.count(8) == 4 and bits.count(4) == len(report.quantized)
+    ref = run(as_float, test_feeds, {"session.qdq_matmulnbits_accuracy_level": "0"})
+    assert rel_rms(run(qmodel, test_feeds, {"session.qdq_matmulnbits_accuracy_level": "0"}), ref) < 0.05
