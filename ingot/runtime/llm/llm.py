@@ -36,10 +36,11 @@ class LLM:
         self._ids = itertools.count()
 
     @classmethod
-    def from_runner(cls, runner: Runner, *, max_waiting: int = 1024) -> LLM:
+    def from_runner(cls, runner: Runner, *, max_waiting: int = 1024, max_num_tokens: int | None = None) -> LLM:
         """Wrap a runner that is already loaded (e.g. shared with an AsyncLLM that is not running)."""
         llm = cls.__new__(cls)
-        llm.engine, llm._ids = LLMEngine(runner, max_waiting=max_waiting), itertools.count()
+        llm.engine = LLMEngine(runner, max_waiting=max_waiting, max_num_tokens=max_num_tokens)
+        llm._ids = itertools.count()
         return llm
 
     @property

@@ -29,8 +29,8 @@ class ReusedArrays:
     def get(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         if shape not in self.views:
             size = int(np.prod(shape))
-            if size > self.capacity:
-                self.capacity = max(size, self.capacity * 3 // 2)
+            if size > self.capacity or not self.flat:  # a first call may want none (a chunk without logits)
+                self.capacity = max(size, self.capacity * 3 // 2, 1)
                 self.flat = {name: populated((self.capacity,)) for name in self.names}
                 self.views.clear()  # views of the old arrays would keep them alive
             if len(self.views) > 64:

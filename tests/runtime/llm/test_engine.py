@@ -73,6 +73,18 @@ def test_greedy_generate_equals_transformers(llm, tiny_llama_dir):
     assert all_blocks_free(llm.engine)
 
 
+def test_a_first_step_that_is_a_chunk_without_logits_runs(llm, llama_bundle):
+    """A fresh runner whose first call is a prompt's first chunk (no logits wanted: the budget
+    is shorter than the prompt) gives the tokens of the shared runner's unchunked run."""
+    from ingot.runtime.llm.model_runner import ModelRunner
+
+    prompt = PROMPTS[2]
+    chunked = LLM.from_runner(ModelRunner(llama_bundle), max_num_tokens=4)
+    assert chunked.engine.config.max_num_tokens == 4 and len(chunked.engine.tokenize(prompt)) > 4
+    assert chunked.generate([prompt], GREEDY)[0].token_ids == llm.generate([prompt], GREEDY)[0].token_ids
+    assert all_blocks_free(chunked.engine)
+
+
 def test_more_prompts_than_the_queue_holds_all_finish_in_order(runner):
     llm = LLM.from_runner(runner, max_waiting=2)
     prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 3)]
