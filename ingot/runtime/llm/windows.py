@@ -93,12 +93,14 @@ class Windows:
 
     def _reserve(self, num_rows: int, width: int) -> None:
         """Arrays of at least `num_rows` rows of `width` tokens, the resident rows copied over.
-        Each dimension grows apart, by half again (up to the build limits; whole blocks)."""
+        Each dimension grows apart (up to the build limits): rows to twice as many (at least 4),
+        since a group fills up a few sequences a step and each growth copies every resident row;
+        width by half again, in whole blocks."""
         info = self.info
         have = next(iter(self.rows.values())).shape if self.rows else (0, 0, 0, 0)
         if num_rows <= have[0] and width <= have[2]:
             return
-        rows = have[0] if num_rows <= have[0] else max(num_rows, min(have[0] * 3 // 2, info.max_num_seqs))
+        rows = have[0] if num_rows <= have[0] else max(num_rows, min(max(2 * have[0], 4), info.max_num_seqs))
         if width > have[2]:
             width = max(width, min(have[2] * 3 // 2, info.max_model_len))
         width = -(-max(width, have[2]) // info.kv_block_size) * info.kv_block_size
