@@ -20,7 +20,7 @@ def bench(
     seed: Annotated[int, typer.Option(help="Seed of the arrivals (and of synthetic prompts).")] = 0,
     kv_cache_memory: Annotated[str | None, typer.Option(help="KV cache: bytes (512MiB) or a RAM fraction (0.5).")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads of the model (default: the runtime's).")] = None,
-    max_num_tokens: Annotated[int | None, typer.Option(help="Token budget per step, up to the plan's limit (default 512; smaller: earlier first tokens).")] = None,
+    max_num_tokens: Annotated[int | None, typer.Option(help="Token budget per step, up to the plan's limit (default 768; smaller: earlier first tokens).")] = None,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
 ) -> None:

@@ -99,10 +99,12 @@ class _Request:
 
 
 # Token budget of a step unless asked otherwise (vLLM's max_num_batched_tokens), capped by the
-# plan's limit. A 2048-token step of SmolLM2-135M takes ~1.4 s on 2 cores, and every decode in
-# flight waits for it; 512-token steps let 16 requests' first tokens out at 0.2x onnxruntime-
-# genai's TTFT (2048: 0.73x) at the same throughput (BENCHMARKS.md, sixth and seventh sessions).
-DEFAULT_STEP_TOKENS = 512
+# plan's limit. A 2048-token step of SmolLM2-135M takes ~1.3 s on 2 cores, and every decode in
+# flight waits for it: 16 requests' first tokens come at 0.65x onnxruntime-genai's TTFT. Shorter
+# steps let decodes run between prefill chunks (512: 0.19x) but make more, smaller calls (C=16
+# throughput 1.01-1.14x onnxruntime-genai, C=16/C=1 1.53-2.00). 768 met every issue target in
+# most rounds (0.25-0.27x TTFT, 1.03-1.35x, C=16/C=1 1.70-2.10; BENCHMARKS.md, seventh session).
+DEFAULT_STEP_TOKENS = 768
 
 
 class LLMEngine:
