@@ -75,7 +75,7 @@ class QuantSpec(BaseModel):
     # FP8 and INT4-AWQ mixed precision: layers whose input's max |x| is at least this many
     # times the median channel's mean |x| (massive activations, outliers.py) stay in float;
     # None: none. (INT4 round-to-nearest takes no calibration and applies no such rule.)
-    # SmolLM2-135M, held-out Hamlet (20 windows): ratio 1000 keeps 6 down_proj in float, +3.5%
+    # SmolLM2-135M FP8, held-out Hamlet (20 windows): ratio 1000 keeps 6 down_proj in float, +3.5%
     # perplexity, bundle 0.44x fp32; ratio 100 keeps 42 layers (every down_proj, q/k/v of 4
     # layers, gate/up of the last 2), +1.8%, bundle 0.58x
     massive_ratio: float | None = Field(100.0, gt=1.0)
@@ -85,9 +85,10 @@ class QuantSpec(BaseModel):
     # over the feeds per layer). EfficientNet-Lite0 FP8 (4 photos + flips): all 50 layers FP8 keep
     # top-1 on 2 of 4 photos; 1-5 most sensitive layers in float, 3 of 4; 6, 8 or 10, all 4
     keep_sensitive: int = Field(0, ge=0)
-    # int4-awq: the attention key/value projections (KV_PROJ) stay float. SmolLM2-135M, block
-    # 128, held-out Hamlet (20 windows): all INT4 +16.3% perplexity; massive-activation layers
-    # float +10.6%; and the k/v projections +8.7% (bundle 0.32x fp32 with fp16 float weights)
+    # int4-awq: the attention key/value projections (KV_PROJ) stay out of INT4 (float, or INT8
+    # with recipe_precision). SmolLM2-135M, block 128, held-out Hamlet (20 windows): every layer
+    # INT4 +16.3% perplexity; massive-activation layers float +10.6%; and the k/v projections
+    # +8.8%, the default (bundle 0.317x fp32 with fp16 float weights)
     kv_float: bool = True
     # int4-awq: the precision of the layers its recipe keeps out of INT4 (the k/v projections,
     # the massive-activation layers): float (stored as float_storage says), or INT8 weight-only,
