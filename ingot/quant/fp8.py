@@ -174,14 +174,7 @@ def _quantize_weights(edit: GraphEditor, layers: list[Layer], scales: dict[str, 
         w = edit.array(weight)
         s = scales.get(weight)
         q, scale = fp8_quantize_channels(w if s is None else (w * s[:, None]).astype(w.dtype), axis)
-        dq = edit.insert(
-            group[0].index, "DequantizeLinear",
-            [edit.add_initializer(f"{weight}_fp8", q), edit.add_initializer(f"{weight}_scale", scale)],
-            f"{weight}_dq", f"{scope(group[0].name)}/weight_DequantizeLinear", axis=axis,
-        )
-        for layer in group:
-            edit.set_input(layer.index, 1, dq)
-        edit.retire(weight)
+        edit.dequantize_weight(weight, q, scale, "fp8", [layer.index for layer in group], group[0].name, axis=axis)
         before += w.nbytes
         after += q.nbytes + scale.nbytes
     return before, after

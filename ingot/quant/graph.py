@@ -102,6 +102,20 @@ class GraphEditor:
         self._before.setdefault(before, []).append(node)
         return out
 
+    def dequantize_weight(self, weight: str, q: np.ndarray, scale: np.ndarray, tag: str, readers: list[int],
+                          layer: str, **attrs) -> None:
+        """Replace initializer `weight` as input 1 of the nodes `readers` (the first one first) by
+        `DequantizeLinear(q, scale, **attrs)`, inserted before the first and named after its
+        layer `layer`; q becomes `{weight}_{tag}`, and `weight` is dropped once nothing reads it."""
+        dq = self.insert(
+            readers[0], "DequantizeLinear",
+            [self.add_initializer(f"{weight}_{tag}", q), self.add_initializer(f"{weight}_scale", scale)],
+            f"{weight}_dq", f"{scope(layer)}/weight_DequantizeLinear", **attrs,
+        )
+        for index in readers:
+            self.set_input(index, 1, dq)
+        self.retire(weight)
+
     def set_input(self, index: int, slot: int, tensor: str) -> None:
         self.graph.node[index].input[slot] = tensor
 

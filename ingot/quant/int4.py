@@ -149,14 +149,8 @@ def _quantize_weights(
         w = edit.array(weight)
         block_size = spec.block_for(users[0].name)
         q, scale = rounded[weight] if weight in rounded else int4_quantize(prepared.get(weight, w), block_size)
-        dq = edit.insert(
-            users[0].index, "DequantizeLinear",
-            [edit.add_initializer(f"{weight}_int4", q), edit.add_initializer(f"{weight}_scale", scale)],
-            f"{weight}_dq", f"{scope(users[0].name)}/weight_DequantizeLinear", axis=0, block_size=block_size,
-        )
-        for layer in users:
-            edit.set_input(layer.index, 1, dq)
-        edit.retire(weight)
+        edit.dequantize_weight(weight, q, scale, "int4", [u.index for u in users], users[0].name, axis=0,
+                               block_size=block_size)
         before += w.nbytes
         after += (q.size + 1) // 2 + scale.nbytes  # two int4 per byte
     return before, after
@@ -170,14 +164,7 @@ def _int8_weights(edit: GraphEditor, layers: list[Layer]) -> tuple[int, int]:
     for weight, users in _by_weight(layers).items():
         w = edit.array(weight)
         q, scale = int8_channel_quantize(w)
-        dq = edit.insert(
-            users[0].index, "DequantizeLinear",
-            [edit.add_initializer(f"{weight}_int8", q), edit.add_initializer(f"{weight}_scale", scale)],
-            f"{weight}_dq", f"{scope(users[0].name)}/weight_DequantizeLinear", axis=1,
-        )
-        for layer in users:
-            edit.set_input(layer.index, 1, dq)
-        edit.retire(weight)
+        edit.dequantize_weight(weight, q, scale, "int8", [u.index for u in users], users[0].name, axis=1)
         before += w.nbytes
         after += q.nbytes + scale.nbytes
     return before, after

@@ -64,8 +64,8 @@ def _float_readers(edit: GraphEditor, x: str, group: list[Layer], k: int) -> lis
         v = node.input[1] if node.op_type == "MatMul" and list(node.input[:1]) == [x] else None
         if v is None or v not in edit.inits or len(edit.consumers(v)) != 1 or v in others:
             return None
-        w = edit.array(v)
-        if w.ndim != 2 or w.shape[0] != k or w.dtype.kind != "f":
+        dims = list(edit.inits[v].dims)  # the header only: the weight is read once, by the fold
+        if len(dims) != 2 or dims[0] != k or edit.dtype(v).kind != "f":
             return None
         others.append(v)
     return others
