@@ -3,7 +3,9 @@
 - `.txt` / `.jsonl` (text models): tokenized with the model's own tokenizer. Causal LMs get
   windows of `seq_len` tokens; other text models get one row per line/record. The file is
   split: calibration samples come from the front, held-out samples (for the accuracy gate)
-  from the last fifth, so the gate never scores data the scales were fitted on.
+  from the last fifth, so the gate never scores data the scales were fitted on. Check samples
+  (for mixed precision toward a target) are front rows not picked for calibration: AWQ and
+  GPTQ fit the calibration rows, so scoring a plan on them would flatter it.
 - `.npz` (any model): named input arrays with the batch on axis 0, split the same way.
 """
 
@@ -21,6 +23,7 @@ from ingot.plans.files import sha256_file
 
 HELD_OUT_FRACTION = 0.2
 MAX_HELD_OUT = 8
+MAX_CHECK = 64
 _ROWS_PER_FEED = 8
 
 
@@ -32,6 +35,7 @@ class CalibrationError(BuildError):
 class CalibData:
     calib: list[dict[str, np.ndarray]]  # feeds the quantizer fits scales on
     held_out: list[dict[str, np.ndarray]]  # feeds the accuracy gate scores
+    check: list[dict[str, np.ndarray]]  # feeds a target search scores (neither calibration nor held out; may be empty)
     name: str
     sha256: str
     format: str  # "text" | "jsonl" | "npz"
@@ -46,17 +50,17 @@ def load_calibration(path: Path, loaded: LoadedModel, samples: int, seq_len: int
         raise CalibrationError(f"calibration file {path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        calib, held = _npz(path, loaded, samples)
+        calib, held, check = _npz(path, loaded, samples)
         fmt, length = "npz", None
     elif suffix in (".txt", ".text", ".jsonl"):
         fmt = "jsonl" if suffix == ".jsonl" else "text"
         texts = _jsonl(path) if fmt == "jsonl" else [_read_text(path)]
-        calib, held = _text(texts, loaded, samples, seq_len, path)
+        calib, held, check = _text(texts, loaded, samples, seq_len, path)
         length = seq_len
     else:
         raise CalibrationError(f"unsupported calibration file type {suffix or '(none)'!r}: {path} (expected .txt, .jsonl or .npz)")
     rows = sum(next(iter(f.values())).shape[0] for f in calib)
-    return CalibData(calib, held, path.name, sha256_file(path), fmt, rows, length)
+    return CalibData(calib, held, check, path.name, sha256_file(path), fmt, rows, length)
 
 
 def _read_text(path: Path) -> str:
@@ -98,21 +102,22 @@ def _text(texts: list[str], loaded: LoadedModel, samples: int, seq_len: int, pat
             raise CalibrationError(
                 f"calibration file {path} has {len(ids)} tokens: need at least 2 windows of {seq_len} (--calib-seq-len)"
             )
-        calib_rows, held_rows = _split(rows, samples)
-        return _feeds(np.stack(calib_rows), loaded), _feeds(np.stack(held_rows), loaded)
+        return tuple(_feeds(np.stack(part), loaded) if part else [] for part in _split(rows, samples))
     lines = [line for t in texts for line in t.splitlines() if line.strip()]
     if len(lines) < 2:
         raise CalibrationError(f"calibration file {path} needs at least 2 non-empty lines")
-    calib_lines, held_lines = _split(lines, samples)
-    return _encode_lines(calib_lines, loaded, seq_len), _encode_lines(held_lines, loaded, seq_len)
+    return tuple(_encode_lines(part, loaded, seq_len) for part in _split(lines, samples))
 
 
-def _split(rows: list, samples: int) -> tuple[list, list]:
-    """Calibration rows evenly spread over the front; held-out rows from the tail."""
+def _split(rows: list, samples: int) -> tuple[list, list, list]:
+    """Calibration rows evenly spread over the front; held-out rows from the tail; check rows
+    evenly spread over the front rows left (at most MAX_CHECK)."""
     n_held = min(MAX_HELD_OUT, max(1, int(len(rows) * HELD_OUT_FRACTION)))
     front, tail = rows[: len(rows) - n_held], rows[len(rows) - n_held :]
-    pick = np.linspace(0, len(front) - 1, num=min(samples, len(front))).round().astype(int)
-    return [front[i] for i in dict.fromkeys(pick)], tail
+    pick = list(dict.fromkeys(np.linspace(0, len(front) - 1, num=min(samples, len(front))).round().astype(int)))
+    left = sorted(set(range(len(front))) - set(pick))
+    spread = np.linspace(0, len(left) - 1, num=min(MAX_CHECK, len(left))).round().astype(int)
+    return [front[i] for i in pick], tail, [front[left[j]] for j in dict.fromkeys(spread)]
 
 
 def _feeds(ids: np.ndarray, loaded: LoadedModel) -> list[dict[str, np.ndarray]]:
@@ -146,10 +151,9 @@ def _npz(path: Path, loaded: LoadedModel, samples: int):
     if len(n) != 1 or n == {0}:
         raise CalibrationError(f"calibration file {path}: arrays need the same number of rows (axis 0), at least 1")
     rows = list(range(n.pop()))
-    if len(rows) == 1:
-        calib_idx, held_idx = rows, rows
-    else:
-        calib_idx, held_idx = _split(rows, samples)
+    parts = (rows, rows, []) if len(rows) == 1 else _split(rows, samples)
+
     def take(idx):
         return [{k: a[idx[i : i + _ROWS_PER_FEED]] for k, a in arrays.items()} for i in range(0, len(idx), _ROWS_PER_FEED)]
-    return take(np.array(calib_idx)), take(np.array(held_idx))
+
+    return tuple(take(np.array(idx, dtype=np.int64)) for idx in parts)

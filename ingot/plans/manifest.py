@@ -155,6 +155,11 @@ class Quantization(_Frozen):
     cpu_accuracy_level: int | None = None  # ONNX Runtime MatMulNBits activation accuracy (INT4 on CPU)
     rounding: Literal["nearest", "gptq"] | None = None  # INT4 weight rounding: to nearest, or GPTQ
     float_weights: Literal["fp16", "fp32"] = "fp32"  # storage of the weights kept in float (embeddings, head, float layers)
+    # mixed precision toward a target: the cosine asked for and reached on the calibration data
+    target_cosine: float | None = None
+    target_top1: float | None = None
+    calib_cosine: float | None = None
+    calib_top1: float | None = None
     layers_quantized: int
     layers_skipped: dict[str, str] = {}  # node name -> reason
     layers_int8: dict[str, str] = {}  # int4-awq: node name -> why it is INT8 weight-only, not INT4

@@ -25,12 +25,16 @@ __all__ = ["AwqChoice", "QuantError", "QuantReport", "QuantSpec", "SkippedLayer"
 
 
 def quantize(
-    model: onnx.ModelProto, spec: QuantSpec, calib_feeds: list[dict[str, np.ndarray]] | None = None
+    model: onnx.ModelProto, spec: QuantSpec, calib_feeds: list[dict[str, np.ndarray]] | None = None,
+    check_feeds: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """Quantize `model` as `spec` says; `model` itself is not modified.
 
     `calib_feeds` are input dicts for the float model (fp8 and int4-awq need them; int4
-    reads them only to rank layers for `keep_sensitive`). Raises QuantError, with a one-line message, when it cannot.
+    reads them only to rank layers for `keep_sensitive` or a target). `check_feeds`,
+    other rows of the same data, are what a sensitivity ranking and target search score on
+    (default: `calib_feeds`, which AWQ and GPTQ have fitted). Raises QuantError, with a
+    one-line message, when it cannot.
     """
     if spec.scheme == "none":
         return model, QuantReport(scheme="none")
@@ -42,7 +46,7 @@ def quantize(
     if spec.scheme == "int4":
         from ingot.quant.int4 import quantize_int4
 
-        qmodel, report = quantize_int4(model, spec, feeds=calib_feeds)
+        qmodel, report = quantize_int4(model, spec, feeds=check_feeds or calib_feeds)
         if not spec.needs_calibration:  # RTN reads calibration data only to rank layers (keep_sensitive)
             return _stored(qmodel, report, spec)
     elif spec.scheme == "int4-awq":
@@ -52,7 +56,7 @@ def quantize(
         tensors = awq_activations(model, spec)
         grams = tensors if spec.gptq else []  # GPTQ's Hessians, X^T X over every row
         stats = calibrate(model, calib_feeds, tensors, max_rows=spec.search_rows, max_values=0, grams=grams)
-        qmodel, report = quantize_int4(model, spec, stats, calib_feeds)
+        qmodel, report = quantize_int4(model, spec, stats, check_feeds or calib_feeds)
     else:
         from ingot.quant.calibrate import MAX_VALUES, calibrate
         from ingot.quant.fp8 import fp8_activations, quantize_fp8
@@ -61,7 +65,7 @@ def quantize(
         percentile = spec.calib_method == "percentile"
         rows, values = (0, MAX_VALUES) if percentile else (spec.search_rows if spec.smooth else 0, 0)
         stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=rows, max_values=values)
-        qmodel, report = quantize_fp8(model, spec, stats, calib_feeds)
+        qmodel, report = quantize_fp8(model, spec, stats, check_feeds or calib_feeds)
     return _stored(qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)}), spec)
 
 

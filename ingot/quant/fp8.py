@@ -27,7 +27,7 @@ from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import fp8_activation_scale, fp8_quantize_channels
 from ingot.quant.report import QuantReport, SkippedLayer, SmoothChoice, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
-from ingot.quant.sensitivity import without_sensitive
+from ingot.quant.sensitivity import Target, mixed
 from ingot.quant.spec import QuantSpec
 
 MIN_OPSET = 19  # FLOAT8 QuantizeLinear/DequantizeLinear
@@ -70,13 +70,14 @@ def quantize_fp8(
     layers, skipped = fp8_layers(model, spec)
     layers, massive = keep_massive(layers, stats, spec.massive_ratio)
     skipped += massive
-    if spec.keep_sensitive and len(layers) > 1:
-        if not feeds:
-            raise QuantError("--quant fp8: keep_sensitive needs the calibration feeds")
-        alone = lambda layer: _quantize_fp8(model, spec, stats, [layer], skipped)  # noqa: E731
-        layers, sensitive = without_sensitive(model, layers, alone, feeds, spec.keep_sensitive)
-        skipped += sensitive
-    return _quantize_fp8(model, spec, stats, layers, skipped)
+    lone = lambda layer: _quantize_fp8(model, spec, stats, [layer], skipped)  # noqa: E731
+
+    def build(sensitive: list[SkippedLayer]) -> tuple[onnx.ModelProto, QuantReport]:
+        names = {s.name for s in sensitive}
+        return _quantize_fp8(model, spec, stats, [x for x in layers if x.name not in names], skipped + sensitive)
+
+    return mixed(model, layers, lone, build, feeds, spec.scheme, spec.keep_sensitive,
+                 Target(spec.target_cosine, spec.target_top1))
 
 
 def _quantize_fp8(

@@ -37,7 +37,7 @@ from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import int4_quantize, int8_channel_quantize, padded_k
 from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
-from ingot.quant.sensitivity import without_sensitive
+from ingot.quant.sensitivity import Target, mixed
 from ingot.quant.spec import QuantSpec
 
 MIN_OPSET = 21  # DequantizeLinear's block_size and INT4 type
@@ -78,14 +78,15 @@ def quantize_int4(
             int8 = kept
         else:
             skipped = skipped + kept
-    if spec.keep_sensitive and len(layers) > 1:
-        if not feeds:
-            raise QuantError(f"--quant {spec.scheme}: keep_sensitive needs the calibration feeds")
-        rtn = spec.model_copy(update={"scheme": "int4"})
-        layers, sensitive = without_sensitive(model, layers, lambda layer: _quantize_int4(model, rtn, None, [layer], skipped),
-                                              feeds, spec.keep_sensitive)
-        skipped = skipped + sensitive
-    return _quantize_int4(model, spec, stats, layers, skipped, int8)
+    rtn = spec.model_copy(update={"scheme": "int4"})
+    lone = lambda layer: _quantize_int4(model, rtn, None, [layer], skipped)  # noqa: E731
+
+    def build(sensitive: list[SkippedLayer]) -> tuple[onnx.ModelProto, QuantReport]:
+        names = {s.name for s in sensitive}
+        return _quantize_int4(model, spec, stats, [x for x in layers if x.name not in names], skipped + sensitive, int8)
+
+    return mixed(model, layers, lone, build, feeds, spec.scheme, spec.keep_sensitive,
+                 Target(spec.target_cosine, spec.target_top1))
 
 
 def _recipe_float(

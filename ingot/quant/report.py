@@ -63,6 +63,12 @@ class QuantReport(_Frozen):
     activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor (X / s if smoothed)
     smoothing: list[SmoothChoice] = []  # FP8: per activation group
     calib_samples: int = 0  # feed dicts used for calibration
+    # mixed precision toward a target (sensitivity.py): the targets, and what was reached on
+    # the check feeds (sensitivity.score), before any fp16 storage of the float weights
+    target_cosine: float | None = None
+    target_top1: float | None = None
+    calib_cosine: float | None = None
+    calib_top1: float | None = None
     # ONNX Runtime session config entries recommended for the CPU target.
     session_config: dict[str, str] = {}
     weight_bytes_before: int = 0  # the replaced float weights

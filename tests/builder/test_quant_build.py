@@ -199,6 +199,20 @@ def test_fp8_keep_sensitive_records_the_float_layers(tiny_cnn_py, tmp_path):
     assert "rank 1 of" in reason and any(name in w for w in q.warnings)  # `ingot build` prints the warnings
 
 
+def test_a_classifier_build_aims_for_the_default_targets(tiny_cnn_py, tmp_path):
+    np.savez(tmp_path / "c.npz", image=np.random.default_rng(0).standard_normal((24, 3, 16, 16)).astype(np.float32))
+    out = built(f"{tiny_cnn_py}:model", tmp_path / "o", "--quant", "fp8", "--calib", tmp_path / "c.npz")
+    q = open_bundle(out).manifest.quantization
+    assert (q.target_cosine, q.target_top1) == (0.995, 0.99)
+    assert q.calib_cosine >= 0.995 and q.calib_top1 >= 0.99 or any("not reached" in w for w in q.warnings)
+    assert any(n.startswith("mixed precision: the ") and "cosine >= 0.995 (reached" in n for n in q.notes)
+    off = built(f"{tiny_cnn_py}:model", tmp_path / "off", "--quant", "fp8", "--calib", tmp_path / "c.npz",
+                "--target-cosine", "0", "--target-top1", "0", "--min-top1", "0", "--min-cosine", "0")
+    q = open_bundle(off).manifest.quantization
+    assert q.target_cosine is None and q.calib_cosine is None
+    assert not any(reason.startswith("sensitive:") for reason in q.layers_skipped.values())
+
+
 def test_failing_gate_keeps_the_previous_bundle(awq_bundle, tiny_llama_dir, calib_txt, tmp_path):
     import shutil
 

@@ -4,7 +4,7 @@ import pytest
 from ingot.quant import QuantError, QuantSpec, quantize
 from ingot.quant.calibrate import calibrate
 from ingot.quant.fp8 import _quantize_fp8, fp8_activations, fp8_layers, quantize_fp8
-from ingot.quant.sensitivity import keep_sensitive, layer_drift
+from ingot.quant.sensitivity import Target, _decided, _outputs, _session, keep_sensitive, layer_drift, score
 
 
 def test_keep_sensitive_takes_the_largest_drifts_with_reasons():
@@ -37,7 +37,7 @@ def test_keep_sensitive_off_by_default_and_needs_feeds(tiny_llama_onnx, calib_fe
     assert len(report.quantized) == 14 and not any(s.reason.startswith("sensitive") for s in report.skipped)
     spec = QuantSpec(scheme="fp8", keep_sensitive=1)
     stats = calibrate(tiny_llama_onnx, calib_feeds, fp8_activations(tiny_llama_onnx, spec))
-    with pytest.raises(QuantError, match="keep_sensitive needs the calibration feeds"):
+    with pytest.raises(QuantError, match="ranking layers by sensitivity needs calibration data"):
         quantize_fp8(tiny_llama_onnx, spec, stats)
     assert np.isfinite(stats[next(iter(stats))].absmax)
 
@@ -65,3 +65,65 @@ def test_int4_keeps_the_layers_most_sensitive_to_rounding_in_float(tiny_llama_on
 def test_int4_keep_sensitive_needs_calibration(tiny_llama_onnx):
     with pytest.raises(QuantError, match="needs calibration data"):
         quantize(tiny_llama_onnx, QuantSpec(scheme="int4", keep_sensitive=1), None)
+
+
+def _sensitive(report) -> list[str]:
+    return [s.name for s in report.skipped if s.reason.startswith("sensitive:")]
+
+
+def test_score_is_one_for_the_float_model_and_lower_for_a_quantized_one(tiny_llama_onnx, calib_feeds):
+    from ingot.quant import QuantReport
+
+    reference = _outputs(_session(tiny_llama_onnx), calib_feeds)
+    assert score(tiny_llama_onnx, QuantReport(scheme="none"), calib_feeds, reference) == pytest.approx(
+        {"cosine": 1.0, "top1": 1.0})
+    qmodel, report = quantize(tiny_llama_onnx, QuantSpec(scheme="int4", block_size=16), None)
+    got = score(qmodel, report, calib_feeds, reference)
+    assert 0.5 < got["cosine"] < 0.9999 and 0 < got["top1"] <= 1
+
+
+def test_a_top1_target_ignores_ties():
+    logits = np.array([[3.0, 1.0, 0.0], [1.0, 1.05, 0.0], [0.0, 0.0, 2.0]])
+    assert list(_decided(logits)) == [True, False, True]
+    target = Target(cosine=0.99, top1=0.9)
+    assert target.met({"cosine": 0.995, "top1": 0.95}) and not target.met({"cosine": 0.98, "top1": 1.0})
+    assert not target.met({"cosine": 0.999, "top1": 0.8}) and Target().met({"cosine": 0.0})
+    assert str(target) == "cosine 0.99 and top-1 0.9"
+
+
+def test_a_target_met_by_the_whole_quantization_ranks_nothing(tiny_llama_onnx, calib_feeds):
+    qmodel, report = quantize(tiny_llama_onnx, QuantSpec(scheme="int4", block_size=16, target_cosine=0.5), calib_feeds)
+    assert _sensitive(report) == [] and report.target_cosine == 0.5 and report.calib_cosine >= 0.5
+
+
+def test_a_target_keeps_the_fewest_sensitive_layers_float_that_reach_it(tiny_llama_onnx, calib_feeds):
+    base = dict(scheme="int4", block_size=16)
+    reference = _outputs(_session(tiny_llama_onnx), calib_feeds)
+    whole = score(*quantize(tiny_llama_onnx, QuantSpec(**base), None), calib_feeds, reference)["cosine"]
+    aim = 1.0 - (1.0 - whole) / 4  # a quarter of the whole quantization's shortfall
+    qmodel, report = quantize(tiny_llama_onnx, QuantSpec(**base, target_cosine=aim), calib_feeds)
+    kept = _sensitive(report)
+    assert 0 < len(kept) < len(report.quantized) + len(kept)
+    # scored before the float weights were stored fp16 (which moves it by ~1e-6)
+    assert report.calib_cosine >= aim
+    assert report.calib_cosine == pytest.approx(score(qmodel, report, calib_feeds, reference)["cosine"], abs=1e-4)
+    assert all(f"(target cosine {aim:g})" in s.reason and not s.warn for s in report.skipped if s.name in kept)
+    # one layer fewer (the same ranking: keep_sensitive) misses it
+    fewer = quantize(tiny_llama_onnx, QuantSpec(**base, keep_sensitive=len(kept) - 1), calib_feeds)
+    assert set(_sensitive(fewer[1])) < set(kept)
+    assert score(*fewer, calib_feeds, reference)["cosine"] < aim
+
+
+def test_a_target_out_of_reach_keeps_all_but_one_layer_float_and_warns(tiny_llama_onnx, calib_feeds):
+    qmodel, report = quantize(tiny_llama_onnx, QuantSpec(scheme="fp8", target_cosine=1.0), calib_feeds)
+    assert len(report.quantized) == 1 and len(_sensitive(report)) == 13
+    assert any("target cosine 1 not reached on the calibration data even with 13 of 14" in w for w in report.warnings)
+
+
+def test_a_target_is_scored_on_the_check_feeds(tiny_llama_onnx, calib_feeds):
+    """int4-awq fits its scales on the calibration feeds; the target is scored on the check feeds."""
+    spec = QuantSpec(scheme="int4-awq", block_size=16, target_cosine=0.5)
+    check = [{k: v[:, ::-1].copy() for k, v in feed.items()} for feed in calib_feeds]
+    _, report = quantize(tiny_llama_onnx, spec, calib_feeds, check)
+    _, on_calib = quantize(tiny_llama_onnx, spec, calib_feeds)
+    assert report.calib_cosine != on_calib.calib_cosine
