@@ -96,7 +96,8 @@ def test_recipe_layers_as_int8_are_listed_and_shown(tiny_llama_dir, calib_txt, t
     kv = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
     assert set(q.layers_int8) == kv and q.layers_quantized == 10 and set(q.layers_skipped) == {"lm_head/MatMul"}
     assert "int8 model.layers.0.self_attn.k_proj/MatMul: attention key/value projection" in ingot("inspect", out).stdout
-    for flag, value in (("--recipe-precision", "int3"), ("--float-weights", "fp64")):
+    for flag, value in (("--recipe-precision", "int3"), ("--float-weights", "fp64"), ("--target-cosine", "1.5"),
+                        ("--target-top1", "-0.1")):
         assert_user_error(ingot("build", tiny_llama_dir, "--quant", "int4", flag, value, "-o", tmp_path / "bad"), flag)
     assert not (tmp_path / "bad").exists()
 
