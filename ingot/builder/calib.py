@@ -5,7 +5,7 @@
   split: calibration samples come from the front, held-out samples (for the accuracy gate)
   from the last fifth, so the gate never scores data the scales were fitted on. Check samples
   (for mixed precision toward a target) are front rows not picked for calibration: AWQ and
-  GPTQ fit the calibration rows, so scoring a plan on them would flatter it.
+  GPTQ fit the calibration rows, so scoring their plan on them would flatter it.
 - `.npz` (any model): named input arrays with the batch on axis 0, split the same way.
 """
 
@@ -43,19 +43,20 @@ class CalibData:
     seq_len: int | None
 
 
-def load_calibration(path: Path, loaded: LoadedModel, samples: int, seq_len: int) -> CalibData:
+def load_calibration(path: Path, loaded: LoadedModel, samples: int, seq_len: int, reserve: bool = False) -> CalibData:
+    """`reserve`: when `samples` takes every front row, keep a quarter of them as check rows."""
     if not path.is_file():
         raise CalibrationError(f"calibration file not found: {path}")
     if path.stat().st_size == 0:
         raise CalibrationError(f"calibration file {path} is empty")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        calib, held, check = _npz(path, loaded, samples)
+        calib, held, check = _npz(path, loaded, samples, reserve)
         fmt, length = "npz", None
     elif suffix in (".txt", ".text", ".jsonl"):
         fmt = "jsonl" if suffix == ".jsonl" else "text"
         texts = _jsonl(path) if fmt == "jsonl" else [_read_text(path)]
-        calib, held, check = _text(texts, loaded, samples, seq_len, path)
+        calib, held, check = _text(texts, loaded, samples, seq_len, path, reserve)
         length = seq_len
     else:
         raise CalibrationError(f"unsupported calibration file type {suffix or '(none)'!r}: {path} (expected .txt, .jsonl or .npz)")
@@ -91,7 +92,7 @@ def _jsonl(path: Path) -> list[str]:
     return texts
 
 
-def _text(texts: list[str], loaded: LoadedModel, samples: int, seq_len: int, path: Path):
+def _text(texts: list[str], loaded: LoadedModel, samples: int, seq_len: int, path: Path, reserve: bool):
     tok = loaded.tokenizer
     if tok is None or not loaded.text_inputs:
         raise CalibrationError(f"--calib {path.name} is text, but the model has no tokenizer: pass an .npz of named inputs")
@@ -102,20 +103,24 @@ def _text(texts: list[str], loaded: LoadedModel, samples: int, seq_len: int, pat
             raise CalibrationError(
                 f"calibration file {path} has {len(ids)} tokens: need at least 2 windows of {seq_len} (--calib-seq-len)"
             )
-        return tuple(_feeds(np.stack(part), loaded) if part else [] for part in _split(rows, samples))
+        return tuple(_feeds(np.stack(part), loaded) if part else [] for part in _split(rows, samples, reserve))
     lines = [line for t in texts for line in t.splitlines() if line.strip()]
     if len(lines) < 2:
         raise CalibrationError(f"calibration file {path} needs at least 2 non-empty lines")
-    return tuple(_encode_lines(part, loaded, seq_len) for part in _split(lines, samples))
+    return tuple(_encode_lines(part, loaded, seq_len) for part in _split(lines, samples, reserve))
 
 
-def _split(rows: list, samples: int) -> tuple[list, list, list]:
+def _split(rows: list, samples: int, reserve: bool = False) -> tuple[list, list, list]:
     """Calibration rows evenly spread over the front; held-out rows from the tail; check rows
-    evenly spread over the front rows left (at most MAX_CHECK)."""
+    evenly spread over the front rows left (at most MAX_CHECK), or, when `samples` takes the
+    whole front and `reserve` is set, every fourth front row instead of calibrating on it."""
     n_held = min(MAX_HELD_OUT, max(1, int(len(rows) * HELD_OUT_FRACTION)))
     front, tail = rows[: len(rows) - n_held], rows[len(rows) - n_held :]
     pick = list(dict.fromkeys(np.linspace(0, len(front) - 1, num=min(samples, len(front))).round().astype(int)))
     left = sorted(set(range(len(front))) - set(pick))
+    if reserve and not left and len(front) >= 4:  # every front row picked: a quarter of them become check rows
+        left = list(range(1, len(front), 4))
+        pick = [i for i in pick if i not in left]
     spread = np.linspace(0, len(left) - 1, num=min(MAX_CHECK, len(left))).round().astype(int)
     return [front[i] for i in pick], tail, [front[left[j]] for j in dict.fromkeys(spread)]
 
@@ -138,7 +143,7 @@ def _encode_lines(lines: list[str], loaded: LoadedModel, seq_len: int) -> list[d
     return out
 
 
-def _npz(path: Path, loaded: LoadedModel, samples: int):
+def _npz(path: Path, loaded: LoadedModel, samples: int, reserve: bool):
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -151,7 +156,7 @@ def _npz(path: Path, loaded: LoadedModel, samples: int):
     if len(n) != 1 or n == {0}:
         raise CalibrationError(f"calibration file {path}: arrays need the same number of rows (axis 0), at least 1")
     rows = list(range(n.pop()))
-    parts = (rows, rows, []) if len(rows) == 1 else _split(rows, samples)
+    parts = (rows, rows, []) if len(rows) == 1 else _split(rows, samples, reserve)
 
     def take(idx):
         return [{k: a[idx[i : i + _ROWS_PER_FEED]] for k, a in arrays.items()} for i in range(0, len(idx), _ROWS_PER_FEED)]

@@ -98,7 +98,7 @@ class QuantResult:
             aims = [f"{name} >= {aim:g} (reached {got:.4f})" for name, aim, got in
                     (("cosine", r.target_cosine, r.calib_cosine), ("top-1", r.target_top1, r.calib_top1)) if aim is not None]
             notes.append(f"mixed precision: the {kept} most sensitive layers kept float for {' and '.join(aims)} "
-                         "on calibration rows the scales were not fitted on, where there are any")
+                         f"on {'calibration rows kept back from the AWQ fit (where any were left)' if s.scheme == 'int4-awq' else 'the calibration data'}")
         if r.rounding == "gptq":
             notes.append(f"GPTQ rounding: damp {r.gptq_damp:g}, {'act-order' if r.gptq_act_order else 'natural order'}")
         return Quantization(
@@ -143,7 +143,8 @@ def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, ll
     calib = None
     if cfg.calib is not None:
         with stage("load calibration data"), quiet():
-            calib = load_calibration(cfg.calib, loaded, cfg.calib_samples, cfg.calib_seq_len)
+            # AWQ and GPTQ fit their rows: a target search must score them on others
+            calib = load_calibration(cfg.calib, loaded, cfg.calib_samples, cfg.calib_seq_len, spec.scheme == "int4-awq")
     elif spec.needs_calibration:
         raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
     if calib is not None and not cfg.keep_sensitive:  # the kind's default targets, where no option names one

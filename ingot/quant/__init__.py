@@ -31,10 +31,11 @@ def quantize(
     """Quantize `model` as `spec` says; `model` itself is not modified.
 
     `calib_feeds` are input dicts for the float model (fp8 and int4-awq need them; int4
-    reads them only to rank layers for `keep_sensitive` or a target). `check_feeds`,
-    other rows of the same data, are what a sensitivity ranking and target search score on
-    (default: `calib_feeds`, which AWQ and GPTQ have fitted). Raises QuantError, with a
-    one-line message, when it cannot.
+    reads them only to rank layers for `keep_sensitive` or a target). `check_feeds` are other
+    rows of the same data: a sensitivity ranking and target search score int4-awq on them
+    alone (AWQ and GPTQ fit the calibration rows; `calib_feeds` if there are none), FP8 and
+    RTN, which fit nothing row by row, on both. Raises QuantError, with a one-line message,
+    when it cannot.
     """
     if spec.scheme == "none":
         return model, QuantReport(scheme="none")
@@ -46,7 +47,7 @@ def quantize(
     if spec.scheme == "int4":
         from ingot.quant.int4 import quantize_int4
 
-        qmodel, report = quantize_int4(model, spec, feeds=check_feeds or calib_feeds)
+        qmodel, report = quantize_int4(model, spec, feeds=[*(calib_feeds or []), *(check_feeds or [])])
         if not spec.needs_calibration:  # RTN reads calibration data only to rank layers (keep_sensitive)
             return _stored(qmodel, report, spec)
     elif spec.scheme == "int4-awq":
@@ -65,7 +66,7 @@ def quantize(
         percentile = spec.calib_method == "percentile"
         rows, values = (0, MAX_VALUES) if percentile else (spec.search_rows if spec.smooth else 0, 0)
         stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=rows, max_values=values)
-        qmodel, report = quantize_fp8(model, spec, stats, check_feeds or calib_feeds)
+        qmodel, report = quantize_fp8(model, spec, stats, [*calib_feeds, *(check_feeds or [])])
     return _stored(qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)}), spec)
 
 
