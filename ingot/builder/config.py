@@ -40,10 +40,10 @@ class BuildConfig(BaseModel):
     recipe_precision: Literal["float", "int8"] = "float"  # int4-awq: the layers its recipe keeps out of INT4
     keep_sensitive: int = Field(0, ge=0)  # this many most sensitive layers stay float (0: off)
     # the fewest most sensitive layers stay float to keep this cosine on the calibration data;
-    # None: the kind's default (quantize.default_targets) unless keep_sensitive is given, 0: off
+    # None: the kind's default (quantize.kind_defaults) unless keep_sensitive is given, 0: off
     target_cosine: float | None = Field(None, ge=0, le=1)
     target_top1: float | None = Field(None, ge=0, le=1)  # the same for the logits' top-1 agreement
-    gptq: bool = True  # int4-awq: GPTQ rounding (False: round to nearest)
+    gptq: bool | None = None  # int4-awq: GPTQ rounding, or round to nearest (None: the kind's default, quantize.kind_defaults)
     float_weights: Literal["fp16", "fp32"] | None = None  # storage of the float weights (None: the scheme's default)
     # accuracy gate (quantized builds): None turns a gate off
     max_ppl_increase: float | None = Field(None, ge=0)

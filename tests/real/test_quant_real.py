@@ -8,9 +8,9 @@ Issue 3's SmolLM2 targets are INT4-AWQ (block 128) within +10% of fp32 and FP8 w
 INT4-AWQ meets it with its default mixed precision (the k/v projections and the
 massive-activation layers float, stored fp16; on this text +9.5%, every layer INT4 +17.9%,
 RTN +58%; see BENCHMARKS.md); FP8 with 42 layers in float is +1.8% on the 20-window Hamlet
-text (+1.9% here). INT4 cosine >= 0.99 on MiniLM needs options (RTN ~0.91, AWQ + GPTQ ~0.95
-at the defaults). The tests assert the targets where they hold, regression guards elsewhere
-(FP8 within 3%, INT4 MiniLM floors), and print the figures.
+text (+1.9% here). MiniLM (cosine >= 0.99) and EfficientNet (FP8 top-1) meet theirs with the
+default accuracy targets, which keep their most sensitive layers float. The tests assert the
+targets, a regression guard for FP8 perplexity (within 3%), and print the figures.
 """
 
 import json
@@ -27,6 +27,7 @@ CALIB_PLAYS = ("as_you_like_it", "macbeth", "tempest")
 SENTENCES = [
     "A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome.",
     "A cheetah is running behind its prey.", "The girl is carrying a baby.", "Quantization keeps models small.",
+    "How do I reset my password?", "The stock market fell sharply on Monday.", "Please send the invoice by Friday.",
 ]
 
 
@@ -158,9 +159,9 @@ def test_smollm2_gate_figures_in_manifest(smol):
 @pytest.mark.parametrize("scheme", ["fp8", "int4", "int4-awq"])
 def test_minilm_embeddings_keep_cosine(minilm_bundle, calib_txt, tmp_path, scheme):
     """Issue 3: FP8 and INT4 embeddings keep cosine >= 0.99 on real sentences, at the defaults.
-    INT4 (block 128) gets there by mixed precision toward the default target (cosine 0.99 on
-    calibration lines the scales were not fitted on): every layer INT4 gave 0.954 with AWQ +
-    GPTQ, ~0.91 with RTN; the target keeps ~16 of 32 (AWQ) or ~20 of 36 (RTN) layers float."""
+    INT4 (block 128) gets there by mixed precision toward the default target (cosine 0.995 on
+    calibration lines; for INT4-AWQ, lines its scales were not fitted on): every layer INT4 gave
+    0.954 with AWQ + GPTQ, ~0.91 with RTN, on the first six sentences."""
     q = quantized(minilm_bundle, tmp_path / scheme, scheme, calib_txt, "--calib-samples", "64")
     a = load(minilm_bundle).run_text(SENTENCES)["sentence_embedding"]
     b = load(q).run_text(SENTENCES)["sentence_embedding"]
@@ -171,7 +172,7 @@ def test_minilm_embeddings_keep_cosine(minilm_bundle, calib_txt, tmp_path, schem
     print(f"MiniLM {scheme}: min cosine {cos.min():.5f}, {kept} sensitive layers float, "
           f"calibration-check cosine {quant.calib_cosine:.4f}")
     assert cos.min() >= 0.99
-    assert quant.target_cosine == 0.99 and quant.calib_cosine >= 0.99
+    assert quant.target_cosine == 0.995 and quant.calib_cosine >= 0.995
     assert manifest.targets["cpu-x86_64"].verification.metrics["cosine_min"] >= 0.99
     if scheme != "fp8":
         assert 0 < kept < quant.layers_quantized + len(quant.layers_skipped)
