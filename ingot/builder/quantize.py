@@ -44,11 +44,11 @@ TARGETS = {
 DEFAULT_TARGETS = {"target_cosine": 0.995}
 
 
-def kind_defaults(kind: str, cfg: BuildConfig) -> dict[str, object]:
+def kind_defaults(kind: str, cfg: BuildConfig, calibrated: bool) -> dict[str, object]:
     """{spec field: value} a build of this model kind uses where no option says otherwise:
-    its accuracy targets (none with --keep-sensitive), and GPTQ or not."""
+    GPTQ or not, and its accuracy targets (they need calibration data; none with --keep-sensitive)."""
     out: dict[str, object] = {} if cfg.gptq is not None else {"gptq": kind == "causal-lm"}
-    if not cfg.keep_sensitive:
+    if calibrated and not cfg.keep_sensitive:
         given = {"target_cosine": cfg.target_cosine, "target_top1": cfg.target_top1}
         out |= {k: v for k, v in TARGETS.get(kind, DEFAULT_TARGETS).items() if given[k] is None}
     return out
@@ -159,10 +159,7 @@ def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, ll
             calib = load_calibration(cfg.calib, loaded, cfg.calib_samples, cfg.calib_seq_len, spec.scheme == "int4-awq")
     elif spec.needs_calibration:
         raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
-    defaults = kind_defaults(loaded.kind, cfg)
-    if calib is None:  # targets need calibration data
-        defaults = {k: v for k, v in defaults.items() if not k.startswith("target_")}
-    spec = spec.model_copy(update=defaults)
+    spec = spec.model_copy(update=kind_defaults(loaded.kind, cfg, calib is not None))
     feeds, check = (calib.calib, calib.check) if calib else (None, None)
     if calib and llm is not None:
         from ingot.runtime.llm.dense import paged_feeds

@@ -72,10 +72,7 @@ def quantize_fp8(
     skipped += massive
     lone = lambda layer: _quantize_fp8(model, spec, stats, [layer], skipped)  # noqa: E731
 
-    def build(sensitive: list[SkippedLayer]) -> tuple[onnx.ModelProto, QuantReport]:
-        names = {s.name for s in sensitive}
-        return _quantize_fp8(model, spec, stats, [x for x in layers if x.name not in names], skipped + sensitive)
-
+    build = lambda rest, sensitive: _quantize_fp8(model, spec, stats, rest, skipped + sensitive)  # noqa: E731
     return mixed(model, layers, lone, build, feeds, spec.scheme, spec.keep_sensitive,
                  Target(spec.target_cosine, spec.target_top1))
 

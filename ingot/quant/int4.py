@@ -81,10 +81,7 @@ def quantize_int4(
     rtn = spec.model_copy(update={"scheme": "int4"})
     lone = lambda layer: _quantize_int4(model, rtn, None, [layer], skipped)  # noqa: E731
 
-    def build(sensitive: list[SkippedLayer]) -> tuple[onnx.ModelProto, QuantReport]:
-        names = {s.name for s in sensitive}
-        return _quantize_int4(model, spec, stats, [x for x in layers if x.name not in names], skipped + sensitive, int8)
-
+    build = lambda rest, sensitive: _quantize_int4(model, spec, stats, rest, skipped + sensitive, int8)  # noqa: E731
     return mixed(model, layers, lone, build, feeds, spec.scheme, spec.keep_sensitive,
                  Target(spec.target_cosine, spec.target_top1))
 

@@ -29,8 +29,9 @@ from ingot.quant.report import QuantReport, SkippedLayer
 
 # quantize(layer) -> (model, report): the pass with only `layer` quantized
 Quantizer = Callable[[Layer], tuple[onnx.ModelProto, QuantReport]]
-# build(float_layers) -> (model, report): the whole pass with `float_layers` kept in float
-Builder = Callable[[list[SkippedLayer]], tuple[onnx.ModelProto, QuantReport]]
+# build(layers, float_layers) -> (model, report): the whole pass over `layers`, `float_layers`
+# (the rest of the candidates) kept in float with their reasons
+Builder = Callable[[list[Layer], list[SkippedLayer]], tuple[onnx.ModelProto, QuantReport]]
 Feeds = list[dict[str, np.ndarray]]
 # A target search that keeps more than this share of the layers in float says so (a warning)
 MAX_FLOAT_SHARE = 0.5
@@ -71,13 +72,20 @@ def mixed(
     `target` (at least `count`); without either, `build([])`."""
     aims = target.cosine is not None or target.top1 is not None
     if not (count or aims) or len(layers) < 2:
-        return build([])
+        return build(layers, [])
     if not feeds:
         raise QuantError(f"--quant {scheme}: ranking layers by sensitivity needs calibration data (--calib)")
+    count = min(count, len(layers) - 1)  # one layer at least stays quantized
     reference = _outputs(_session(model), feeds)
     if not aims:
-        return build(keep_sensitive(layer_drift(model, layers, lone, feeds, reference), min(count, len(layers) - 1)))
+        return _float(layers, build, keep_sensitive(layer_drift(model, layers, lone, feeds, reference), count))
     return _toward(model, layers, lone, build, feeds, reference, count, target)
+
+
+def _float(layers: list[Layer], build: Builder, sensitive: list[SkippedLayer]) -> tuple[onnx.ModelProto, QuantReport]:
+    """`build` with the `sensitive` layers kept float, the rest quantized."""
+    names = {s.name for s in sensitive}
+    return build([layer for layer in layers if layer.name not in names], sensitive)
 
 
 def _toward(
@@ -87,13 +95,13 @@ def _toward(
     """The fewest most-sensitive layers float (count..all but one, by bisection) whose build reaches `target`."""
 
     def attempt(k: int, drift: dict[str, float]) -> Attempt:
-        qmodel, report = build(keep_sensitive(drift, k, target))
+        qmodel, report = _float(layers, build, keep_sensitive(drift, k, target))
         return qmodel, report, score(qmodel, report, feeds, reference)
 
     if count == 0 and target.met((first := attempt(0, {}))[2]):
         return _reached(first, target, 0, len(layers))
     drift = layer_drift(model, layers, lone, feeds, reference)
-    cap = max(count, len(layers) - 1)
+    cap = len(layers) - 1
     best = attempt(cap, drift)
     if not target.met(best[2]):  # best effort: all but one layer float, with a warning
         warning = (f"target {target} not reached on the calibration data even with {cap} of "

@@ -127,3 +127,9 @@ def test_a_target_is_scored_on_the_check_feeds(tiny_llama_onnx, calib_feeds):
     _, report = quantize(tiny_llama_onnx, spec, calib_feeds, check)
     _, on_calib = quantize(tiny_llama_onnx, spec, calib_feeds)
     assert report.calib_cosine != on_calib.calib_cosine
+
+
+def test_keep_sensitive_beyond_the_layers_keeps_one_quantized(tiny_llama_onnx, calib_feeds):
+    for spec in (QuantSpec(scheme="fp8", keep_sensitive=100), QuantSpec(scheme="fp8", keep_sensitive=100, target_cosine=0.5)):
+        _, report = quantize(tiny_llama_onnx, spec, calib_feeds)
+        assert len(report.quantized) == 1 and len(_sensitive(report)) == 13
