@@ -161,6 +161,32 @@ def test_decode_windows_grow_one_dimension_at_a_time(llama_bundle):
     assert shape()[0] >= 12 and 101 <= shape()[2] <= 160 and shape()[2] % 16 == 0, shape()
 
 
+def test_resident_rows_survive_each_growth_of_the_windows(llama_bundle):
+    """A decode group that stays resident while its past outgrows the window: each growth
+    moves every row to its new place (into a new buffer, or within the old one once it is big
+    enough), and after every step each row still holds its sequence's past from the pool."""
+    runner = ModelRunner(llama_bundle, kv_cache_memory=1 << 20)
+    rng = np.random.default_rng(1)
+    runner.kv.pool[...] = rng.standard_normal(runner.kv.pool.shape, dtype=np.float32)
+    info, bs, ids = runner.info, 16, [4, 9, 2]
+    tables = [[1 + 8 * i + j for j in range(8)] for i in range(3)]
+    name = names.window(0, "value")
+    widths, buffers = [], []
+    for p in range(14, 110):
+        runner.forward(pack([[int(rng.integers(2, 200))] for _ in ids], [p + i for i in range(3)], tables, bs, [[0]] * 3, ids))
+        assert runner.windows.filled == [p + 1, p + 2, p + 3]  # resident: nothing was gathered again
+        rows = runner.windows.rows[name]
+        widths.append(rows.shape[2])
+        buffers.append(runner.windows.flat[name])
+        for r in range(3):
+            n = p + r + 1
+            want = window_feeds(pack([[0]], [n], [tables[r]], bs, [[0]]), info, runner.kv.caches)[name][0]
+            np.testing.assert_array_equal(rows[r][:, :n], want[:, :n])
+    grown = [i for i in range(1, len(widths)) if widths[i] > widths[i - 1]]
+    assert any(buffers[i] is not buffers[i - 1] for i in grown), "no growth into a new buffer"
+    assert any(buffers[i] is buffers[i - 1] for i in grown), "no growth within the buffer"
+
+
 def test_manifest_records_the_limits_and_the_runtime_obeys_them(llama_bundle):
     m = open_bundle(llama_bundle).manifest
     assert (m.llm.max_num_tokens, m.llm.max_num_seqs, m.llm.kv_block_size) == (2048, 32, 16)

@@ -34,7 +34,8 @@ class BenchConfig(BaseModel):
     request_rate: float | None = Field(None, gt=0, description="Poisson arrivals per second; None = all at once")
     prefix_len: int = Field(0, ge=0, description="leading prompt tokens shared by every request")
     seed: int = 0
-    warmup: bool = Field(True, description="run one unrelated request first (not measured)")
+    warmup: bool = Field(True, description="first run one batch of `concurrency` unrelated requests of the "
+                                          "workload's lengths (not measured)")
 
 
 class BenchResult(BaseModel):
@@ -64,18 +65,20 @@ class BenchResult(BaseModel):
     kv_cache_bytes: int
 
 
-def make_prompts(engine: LLMEngine, cfg: BenchConfig) -> tuple[list[list[int]], list[int], str]:
-    """`num_requests` prompts of `prompt_len` tokens sharing their first `prefix_len`, plus a
-    warm-up prompt sharing nothing, cut from one token stream; and the stream's source."""
-    body = cfg.prompt_len - cfg.prefix_len
-    needed = cfg.prefix_len + (cfg.num_requests + 1) * max(body, 1) + cfg.prompt_len
+def make_prompts(engine: LLMEngine, cfg: BenchConfig) -> tuple[list[list[int]], list[list[int]], str]:
+    """`num_requests` prompts of `prompt_len` tokens sharing their first `prefix_len`, plus one
+    warm-up prompt per request in flight (`concurrency`), sharing nothing with them or each other,
+    cut from one token stream; and the stream's source."""
+    body, warm = cfg.prompt_len - cfg.prefix_len, min(cfg.concurrency, cfg.num_requests)
+    needed = cfg.prefix_len + (cfg.num_requests + 1) * max(body, 1) + warm * cfg.prompt_len
     stream, source = _token_stream(engine, needed, cfg.seed)
     prefix = stream[:cfg.prefix_len]
     prompts = [prefix + stream[cfg.prefix_len + i * body:cfg.prefix_len + (i + 1) * body]
                for i in range(cfg.num_requests)]
-    warmup = stream[-cfg.prompt_len:][::-1]  # reversed: shares no leading block with the others
-    assert all(len(p) == cfg.prompt_len for p in [*prompts, warmup]), cfg
-    return prompts, warmup, source
+    end = len(stream)  # reversed tails of the stream: no leading block in common with the others
+    warmups = [stream[end - (i + 1) * cfg.prompt_len:end - i * cfg.prompt_len][::-1] for i in range(warm)]
+    assert all(len(p) == cfg.prompt_len for p in [*prompts, *warmups]), cfg
+    return prompts, warmups, source
 
 
 def run_bench(engine: LLMEngine, cfg: BenchConfig, prompts: list[list[int]] | None = None) -> BenchResult:
@@ -88,14 +91,14 @@ def run_bench(engine: LLMEngine, cfg: BenchConfig, prompts: list[list[int]] | No
         raise InputError(f"--prompt-len + --output-len = {cfg.prompt_len + cfg.output_len} exceeds the "
                          f"bundle's max_model_len {limit}")
     assert not engine.has_unfinished(), "the engine must be idle"
-    made, warmup, source = make_prompts(engine, cfg)
+    made, warmups, source = make_prompts(engine, cfg)
     if prompts is not None:
         assert len(prompts) == cfg.num_requests and {len(p) for p in prompts} == {cfg.prompt_len}, cfg
         source = "given"
     prompts = made if prompts is None else prompts
     params = SamplingParams(temperature=0, max_tokens=cfg.output_len, ignore_eos=True)
-    if cfg.warmup:
-        _drain(engine, "bench-warmup", warmup, params.model_copy(update={"max_tokens": 2}))
+    if cfg.warmup:  # steady state: the buffers a running server has grown to the workload's shapes (windows.py)
+        _drain(engine, [(f"bench-warmup-{i}", p) for i, p in enumerate(warmups)], params)
     before = engine.stats()
     start = time.perf_counter()
     outputs = _serve(engine, prompts, params, _arrivals(cfg), cfg.concurrency)
@@ -129,8 +132,9 @@ def _arrivals(cfg: BenchConfig) -> np.ndarray:
     return np.cumsum(gaps) - gaps[0]  # the first request at 0
 
 
-def _drain(engine: LLMEngine, request_id: str, prompt: list[int], params: SamplingParams) -> None:
-    engine.add_request(request_id, prompt, params)
+def _drain(engine: LLMEngine, requests: list[tuple[str, list[int]]], params: SamplingParams) -> None:
+    for request_id, prompt in requests:
+        engine.add_request(request_id, prompt, params)
     while engine.has_unfinished():
         engine.step()
 

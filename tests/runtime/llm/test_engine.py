@@ -305,3 +305,20 @@ def test_a_mixed_step_runs_decodes_and_prefills_apart_with_the_same_logits(runne
     alone = np.concatenate([runner.execute(SchedulerOutput((s,))) for s in (prefill, decode)])
     assert mixed.shape == (2, runner.info.vocab_size)
     np.testing.assert_allclose(mixed, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
+
+
+def test_bench_warms_up_with_one_unrelated_batch_of_the_workload(runner):
+    """`run_bench` first runs `concurrency` requests of the workload's lengths (a server's steady
+    state: its windows grown to the workload), prompts that share no leading block with the
+    measured ones or with each other, so the warm-up leaves nothing for the prefix cache to reuse."""
+    from ingot.runtime.llm.bench import BenchConfig, make_prompts, run_bench
+
+    engine = LLMEngine(runner)
+    cfg = BenchConfig(num_requests=5, prompt_len=40, output_len=3, concurrency=3, prefix_len=16)
+    prompts, warmups, _ = make_prompts(engine, cfg)
+    assert len(warmups) == 3 and {len(p) for p in warmups} == {40}
+    firsts = [tuple(p[:16]) for p in prompts + warmups]
+    assert len(set(firsts[len(prompts):])) == 3 and not set(firsts[len(prompts):]) & set(firsts[:len(prompts)])
+    result = run_bench(engine, cfg)
+    assert result.output_tokens == 15 and result.prefix_cache_hit_rate > 0  # the measured requests share 16 tokens
+    assert engine.stats().num_running == 0 and all_blocks_free(engine)
