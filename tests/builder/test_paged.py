@@ -177,7 +177,7 @@ def test_resident_rows_survive_each_growth_of_the_windows(llama_bundle):
         assert runner.windows.filled == [p + 1, p + 2, p + 3]  # resident: nothing was gathered again
         rows = runner.windows.rows[name]
         widths.append(rows.shape[2])
-        buffers.append(runner.windows.flat[name])
+        buffers.append(runner.windows.buffers.flat[name])
         for r in range(3):
             n = p + r + 1
             want = window_feeds(pack([[0]], [n], [tables[r]], bs, [[0]]), info, runner.kv.caches)[name][0]

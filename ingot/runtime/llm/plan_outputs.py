@@ -19,10 +19,11 @@ from ingot.runtime.llm.pages import populated
 
 
 class ReusedArrays:
-    """One reused flat float32 array per name, viewed as the shape a call needs."""
+    """One reused flat float32 array per name, viewed as the shape a call needs; remapped (to
+    `growth` times its size at least) only when a shape does not fit."""
 
-    def __init__(self, names: list[str]):
-        self.names, self.capacity = names, 0
+    def __init__(self, names: list[str], growth: float = 1.5):
+        self.names, self.capacity, self.growth = names, 0, growth
         self.flat: dict[str, np.ndarray] = {}
         self.views: dict[tuple, dict[str, np.ndarray]] = {}
 
@@ -30,7 +31,7 @@ class ReusedArrays:
         if shape not in self.views:
             size = int(np.prod(shape))
             if size > self.capacity or not self.flat:  # a first call may want none (a chunk without logits)
-                self.capacity = max(size, self.capacity * 3 // 2, 1)
+                self.capacity = max(size, int(self.capacity * self.growth), 1)
                 self.flat = {name: populated((self.capacity,)) for name in self.names}
                 self.views.clear()  # views of the old arrays would keep them alive
             if len(self.views) > 64:

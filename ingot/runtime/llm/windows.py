@@ -24,7 +24,6 @@ import numpy as np
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo
 from ingot.runtime.llm.batch import PackedBatch, fill_windows, window_caches, window_shape
-from ingot.runtime.llm.pages import populated
 from ingot.runtime.llm.plan_outputs import ReusedArrays
 
 Bound = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # window inputs, and presents on the same arrays
@@ -38,8 +37,8 @@ class Windows:
                          for layer in range(info.num_layers) for kv in ("key", "value")}
         self.seq_ids: list[int] = []  # the sequence of each decode row
         self.filled: list[int] = []  # tokens each decode row holds
-        self.flat: dict[str, np.ndarray] = {}  # name -> one mapped buffer, kept while it is big enough
-        self.rows: dict[str, np.ndarray] = {}  # name -> [rows, kv, width, dim], a view of its flat buffer's front
+        self.buffers = ReusedArrays([name for name, _ in self.names], growth=2)  # decode rows: views of their front
+        self.rows: dict[str, np.ndarray] = {}  # name -> [rows, kv, width, dim]
         self._decode_views: dict[int, dict[str, np.ndarray]] = {}
         self._prefill = ReusedArrays([name for name, _ in self.names])  # prefill calls: viewed per call shape
 
@@ -96,8 +95,8 @@ class Windows:
         """Views of at least `num_rows` rows of `width` tokens, the resident rows kept.
         Each dimension grows apart (up to the build limits): rows to twice as many (at least 4),
         since a group fills up a few sequences a step and each growth moves every resident row;
-        width by half again, in whole blocks. The views lie at the front of one flat buffer per
-        name that is remapped only when it is too small (to twice its size at least): mapping is
+        width by half again, in whole blocks. The views lie at the front of `buffers`, one flat
+        array per name, remapped only when too small (to twice its size at least): mapping is
         ~0.4 s a GiB here, and remapping at every growth was 8% of a 16-sequence run."""
         info = self.info
         have = next(iter(self.rows.values())).shape if self.rows else (0, 0, 0, 0)
@@ -107,15 +106,10 @@ class Windows:
         if width > have[2]:
             width = max(width, min(have[2] * 3 // 2, info.max_model_len))
         width = -(-max(width, have[2]) // info.kv_block_size) * info.kv_block_size
-        shape = (rows, info.num_kv_heads, width, info.head_dim)
-        size = int(np.prod(shape))
-        capacity = next(iter(self.flat.values())).size if self.flat else 0
-        old, moved = self.rows, width != have[2]
-        if size > capacity:
-            self.flat = {name: populated((max(size, 2 * capacity),)) for name, _ in self.names}
-            moved = True
-        self.rows = {name: flat[:size].reshape(shape) for name, flat in self.flat.items()}
-        if moved:  # last row first: in one buffer a row's new place never overlaps a lower row's old one
+        before, old = self.buffers.flat, self.rows
+        self.rows = self.buffers.get((rows, info.num_kv_heads, width, info.head_dim))
+        if width != have[2] or self.buffers.flat is not before:  # wider, or in new arrays
+            # last row first: in one buffer a row's new place never overlaps a lower row's old one
             for name, _ in self.names:
                 for r in reversed(range(len(self.filled))):
                     self.rows[name][r, :, :self.filled[r]] = old[name][r, :, :self.filled[r]]
