@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ingot.builder.errors import SourceError
-from ingot.builder.sources import LoadedModel
+from ingot.builder.loaded import LoadedModel
 from ingot.builder.spec import DimSpec
 from ingot.plans import BundleError, open_bundle
 from ingot.plans.llm import lowering_problem
@@ -56,8 +56,9 @@ def load_bundle(root: Path) -> LoadedModel:
 def _attach_tokenizer(loaded: LoadedModel, folder: Path, input_map: dict[str, str]) -> None:
     """The HF tokenizer (for text calibration and example inputs) from the bundle's files."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ingot.builder.hf import _quiet_transformers, text_example
+    from ingot.builder.hf import text_example
+    from ingot.builder.quiet import quiet_transformers
 
-    tok = _quiet_transformers().AutoTokenizer.from_pretrained(folder)
+    tok = quiet_transformers().AutoTokenizer.from_pretrained(folder)
     loaded.example, _ = text_example(tok, input_map)
     loaded.tokenizer, loaded.tokenizer_files, loaded.text_inputs = tok, folder, dict(input_map)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ingot.builder.errors import BuildError
-from ingot.builder.sources import LoadedModel
+from ingot.builder.loaded import LoadedModel
 from ingot.plans.files import sha256_file
 
 HELD_OUT_FRACTION = 0.2

@@ -15,3 +15,9 @@ class ExportError(BuildError):
 
 class VerificationError(BuildError):
     """The built plan's outputs differ from the source model beyond tolerance."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), for one-line errors."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

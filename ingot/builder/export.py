@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from ingot.builder.errors import ExportError
 from ingot.builder.quiet import quiet
-from ingot.builder.sources import LoadedModel
+from ingot.builder.loaded import LoadedModel
 
 if TYPE_CHECKING:
     import onnx

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ingot.builder.errors import SourceError
-from ingot.builder.sources import LoadedModel, _first_line
+from ingot.builder.errors import SourceError, first_line
+from ingot.builder.loaded import LoadedModel
+from ingot.builder.quiet import quiet_transformers
 from ingot.builder.spec import DimSpec
 from ingot.plans import SourceInfo
 from ingot.plans.files import sha256_file
@@ -31,14 +32,6 @@ _GENERIC_FOLDER_NAMES = {"model", "models", "weights", "checkpoint", "snapshot"}
 _TEXT_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
 
-def _quiet_transformers():
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
-
-
 def load_hf_folder(folder: Path) -> LoadedModel:
     if not (folder / "config.json").is_file():
         raise SourceError(f"{folder} is not a Hugging Face model folder (no config.json)")
@@ -47,13 +40,13 @@ def load_hf_folder(folder: Path) -> LoadedModel:
             f"{folder} has no *.safetensors weights (pickled .bin checkpoints are not loaded; convert them to safetensors)"
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers = _quiet_transformers()
+    transformers = quiet_transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(folder)
         kind = _kind(config)
         model = _auto_class(kind).from_pretrained(folder, dtype="float32").eval()
     except Exception as e:
-        raise SourceError(f"cannot load the model in {folder}: {type(e).__name__}: {_first_line(e)}") from e
+        raise SourceError(f"cannot load the model in {folder}: {type(e).__name__}: {first_line(e)}") from e
     tokenizer = _load_tokenizer(folder) if _has_tokenizer(folder) else None
     model_id = folder.parent.name if folder.name.lower() in _GENERIC_FOLDER_NAMES else folder.name
     source = SourceInfo(type="hf-folder", name=folder.name, sha256=_folder_hash(folder))
@@ -62,14 +55,14 @@ def load_hf_folder(folder: Path) -> LoadedModel:
 
 def load_gguf(path: Path) -> LoadedModel:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    transformers = _quiet_transformers()
+    transformers = quiet_transformers()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, dtype="float32"
         ).eval()
     except Exception as e:
-        raise SourceError(f"cannot read GGUF file {path}: {type(e).__name__}: {_first_line(e)}") from e
+        raise SourceError(f"cannot read GGUF file {path}: {type(e).__name__}: {first_line(e)}") from e
     source = SourceInfo(type="gguf", name=path.name, sha256=sha256_file(path))
     return _wrap(model, "causal-lm", tokenizer, source, path.stem, pooling=None)
 
@@ -103,7 +96,7 @@ def _load_tokenizer(folder: Path):
     try:
         return transformers.AutoTokenizer.from_pretrained(folder)
     except Exception as e:
-        raise SourceError(f"cannot load the tokenizer in {folder}: {type(e).__name__}: {_first_line(e)}") from e
+        raise SourceError(f"cannot load the tokenizer in {folder}: {type(e).__name__}: {first_line(e)}") from e
 
 
 def _pooling(folder: Path) -> tuple[str, bool] | None:

@@ -20,10 +20,11 @@ from ingot.builder.cpu import compile_cpu, ort_runner
 from ingot.builder.errors import BuildError
 from ingot.builder.export import export_onnx
 from ingot.builder.graph import apply_dim_ranges, cleanup, io_specs
-from ingot.builder import llm as paged
+from ingot.builder import causal_lm as paged
 from ingot.builder.quantize import QuantResult, quant_spec, quantize_model
 from ingot.builder.quiet import quiet
-from ingot.builder.sources import LoadedModel, load_source
+from ingot.builder.loaded import LoadedModel
+from ingot.builder.sources import load_source
 from ingot.builder.tensorrt import check_tensorrt_target, compile_tensorrt
 from ingot.builder.verify import verify_outputs
 from ingot.plans import SCHEMA_VERSION, BundleWriter, Manifest, ModelInfo, Target, TargetName, TokenizerInfo, detect_host

@@ -13,8 +13,8 @@ from ingot.builder.calib import CalibData, load_calibration
 from ingot.builder.config import BuildConfig
 from ingot.builder.errors import BuildError
 from ingot.builder.quiet import quiet
-from ingot.builder.sources import LoadedModel
-from ingot.builder.verify import _variant
+from ingot.builder.loaded import LoadedModel
+from ingot.builder.verify import resized_example
 from ingot.plans import Verification
 from ingot.plans.manifest import CalibrationInfo, Quantization
 
@@ -140,7 +140,7 @@ class QuantResult:
             held, data = self.calib.held_out, f"{sum(len(next(iter(f.values()))) for f in self.calib.held_out)} held-out rows of {self.calib.name}"
             ppl = loaded.kind == "causal-lm" and self.calib.format != "npz"
         elif loaded.example:
-            held = [{k: v.numpy() for k, v in s.items()} for s in (loaded.example, _variant(loaded))]
+            held = [{k: v.numpy() for k, v in s.items()} for s in (loaded.example, resized_example(loaded))]
             data, ppl = "the example inputs (pass --calib for held-out data)", False
         else:
             return None

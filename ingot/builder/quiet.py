@@ -11,6 +11,16 @@ import io
 import logging
 import warnings
 
+
+def quiet_transformers():
+    """transformers, its logging set to errors only and its progress bars off."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
 @contextlib.contextmanager
 def quiet():
     """The exporter prints progress and warnings; keep stdout clean for --json."""

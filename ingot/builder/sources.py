@@ -12,41 +12,17 @@ import importlib
 import importlib.util
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from ingot.builder.errors import SourceError
+from ingot.builder.errors import SourceError, first_line
+from ingot.builder.loaded import LoadedModel
 from ingot.builder.spec import DimSpec, ModelSpec
 from ingot.plans import SourceInfo
 from ingot.plans.files import sha256_file
 
-if TYPE_CHECKING:
-    import torch
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _GENERIC_FACTORY_NAMES = {"model", "build", "load", "make", "create", "get_model"}
 _FACTORY = re.compile(r"^(?P<module>[^:]+):(?P<func>[A-Za-z_]\w*)$")
-
-
-@dataclass
-class LoadedModel:
-    """A model with everything the export and the manifest need."""
-
-    model_id: str
-    kind: str
-    source: SourceInfo
-    example: dict[str, torch.Tensor]  # keyword inputs, in forward() order
-    dims: dict[str, dict[int, DimSpec]]  # input name -> axis -> dynamic dim
-    output_names: list[str]
-    module: torch.nn.Module | None = None  # None for .onnx sources
-    onnx_path: Path | None = None  # set for .onnx sources
-    architecture: str | None = None
-    tokenizer: Any = None  # a transformers tokenizer, saved into the bundle
-    text_inputs: dict[str, str] = field(default_factory=dict)  # input name -> Encoding field
-    scope_prefix: str = ""  # module-path prefix of a wrapper, dropped from node names
-    tokenizer_files: Path | None = None  # copied verbatim into the bundle (a bundle source)
-    llm: Any = None  # LLMInfo of a paged-plan bundle source (its graph is already lowered)
 
 
 def load_source(source: str, name: str | None = None) -> LoadedModel:
@@ -98,7 +74,7 @@ def _load_onnx(path: Path) -> LoadedModel:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as e:  # onnx raises DecodeError, ValidationError, OSError ...
-        raise SourceError(f"cannot read ONNX file {path}: {_first_line(e)}") from e
+        raise SourceError(f"cannot read ONNX file {path}: {first_line(e)}") from e
     dims: dict[str, dict[int, DimSpec]] = {}
     for inp in model.graph.input:
         for axis, d in enumerate(inp.type.tensor_type.shape.dim):
@@ -125,7 +101,7 @@ def _load_factory(module_name: str, func_name: str, source: str) -> LoadedModel:
     except TypeError as e:
         raise SourceError(f"{source}: {e}") from e
     except Exception as e:
-        raise SourceError(f"{source}: the factory raised {type(e).__name__}: {_first_line(e)}") from e
+        raise SourceError(f"{source}: the factory raised {type(e).__name__}: {first_line(e)}") from e
     spec.module.eval()
     return LoadedModel(
         model_id=Path(module_name).stem.rsplit(".", 1)[-1] if func_name in _GENERIC_FACTORY_NAMES else func_name,
@@ -154,7 +130,7 @@ def _import_factory_module(module_name: str, source: str):
     except SourceError:
         raise
     except Exception as e:
-        raise SourceError(f"cannot import {module_name!r} for {source}: {type(e).__name__}: {_first_line(e)}") from e
+        raise SourceError(f"cannot import {module_name!r} for {source}: {type(e).__name__}: {first_line(e)}") from e
 
 
 def _portable(module_name: str, func_name: str) -> str:
@@ -185,8 +161,3 @@ def _probe_output_names(spec: ModelSpec) -> list[str]:
         return list(out)
     leaves, _ = tree_flatten(out)
     return ["output"] if len(leaves) == 1 else [f"output_{i}" for i in range(len(leaves))]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

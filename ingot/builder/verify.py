@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ingot.builder.errors import VerificationError
-from ingot.builder.sources import LoadedModel
+from ingot.builder.loaded import LoadedModel
 from ingot.plans import Verification
 from ingot.plans.manifest import OutputCheck
 
@@ -20,7 +20,7 @@ def verify_outputs(
     """`run(feeds) -> {name: array}` is the built target. Raise VerificationError beyond
     tolerance: max |a - b| > atol + rtol * max |b| for any output. With `mask` (an input name),
     positions where that input is 0 (padding) are not compared."""
-    samples = [loaded.example, _variant(loaded)]
+    samples = [loaded.example, resized_example(loaded)]
     worst: dict[str, tuple[float, float]] = {}
     for sample in samples:
         expected = _torch_outputs(loaded, sample)
@@ -58,7 +58,7 @@ def _torch_outputs(loaded: LoadedModel, sample: dict) -> dict[str, np.ndarray]:
     return {n: t.detach().to(torch.float64 if t.is_floating_point() else t.dtype).numpy() for n, t in zip(loaded.output_names, leaves)}
 
 
-def _variant(loaded: LoadedModel) -> dict:
+def resized_example(loaded: LoadedModel) -> dict:
     """The example with each dynamic dim resized within its range: shrink by one, else tile to 2."""
     import torch
 

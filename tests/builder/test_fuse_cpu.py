@@ -96,7 +96,7 @@ def test_a_graph_without_the_patterns_is_left_alone(tiny_bert_dir):
 
 def test_paged_plan_rotary_skip_norm_and_outputs_fuse_and_still_match_torch(paged, hf):
     from ingot.builder.cpu import ort_runner
-    from ingot.builder.llm import check_paged
+    from ingot.builder.causal_lm import check_paged
     from ingot.builder.paged import llm_info
 
     fused, counts = _fused(paged, max_positions=64)

@@ -45,7 +45,7 @@ def test_contract_has_one_paged_attention_node_per_layer(contract, hf):
 
 def test_cpu_lowering_matches_torch_reading_the_cache(contract, hf):
     from ingot.builder.cpu import ort_runner
-    from ingot.builder.llm import check_paged
+    from ingot.builder.causal_lm import check_paged
     from ingot.builder.lower_cpu import lower_paged_attention
     from ingot.builder.paged import llm_info
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ingot.builder.config import BuildConfig
 from ingot.builder.errors import BuildError, VerificationError
-from ingot.builder.sources import LoadedModel
+from ingot.builder.loaded import LoadedModel
 from ingot.plans import DynamicDim, TargetName, TensorSpec
 from ingot.plans.llm import LLMInfo
 
