@@ -21,7 +21,9 @@ def main() -> None:
     import onnxruntime as ort
 
     from ingot.plans import detect_host, open_bundle, select_target
-    from ingot.runtime.llm.batch import pack, plan_feeds, window_feeds
+    from ingot.plans.llm import blocks_needed
+    from ingot.runtime.llm.batch import pack
+    from ingot.runtime.llm.cpu_lowering import plan_feeds, window_feeds
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("plans", type=Path, nargs="+")
@@ -43,9 +45,9 @@ def main() -> None:
             options.add_session_config_entry(key, value)
         sessions.append(ort.InferenceSession(str(bundle.path(target.entrypoint)), options,
                                              providers=["CPUExecutionProvider"]))
-        blocks = list(range(-(-args.tokens // info.kv_block_size)))  # never read: no past
+        blocks = list(range(blocks_needed(args.tokens, info.kv_block_size)))  # never read: no past
         batch = pack([tokens], [0], [blocks], info.kv_block_size, [[args.tokens - 1]])
-        feeds.append(plan_feeds(batch, info) | window_feeds(batch, info, None))
+        feeds.append(plan_feeds(batch) | window_feeds(batch, info, None))
     times: list[list[float]] = [[] for _ in sessions]
     for call in range(args.calls + 1):
         for i, (s, f) in enumerate(zip(sessions, feeds)):

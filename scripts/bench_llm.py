@@ -27,11 +27,11 @@ from peers import DEFAULT_CACHE, workload  # noqa: E402
 
 from ingot.runtime.llm.bench import BenchConfig, run_bench  # noqa: E402
 from ingot.runtime.llm.engine import LLMEngine  # noqa: E402
-from ingot.runtime.llm.model_runner import ModelRunner  # noqa: E402
+from ingot.runtime.llm.runner import load_runner  # noqa: E402
 
 
 def ingot_run(bundle: Path, prompts, output_len: int, concurrency: int, budget: int | None, threads: int) -> dict:
-    engine = LLMEngine(ModelRunner(bundle, kv_cache_memory=1 << 30, threads=threads), max_num_tokens=budget)
+    engine = LLMEngine(load_runner(bundle, kv_cache_memory=1 << 30, threads=threads), max_num_tokens=budget)
     cfg = BenchConfig(num_requests=len(prompts), prompt_len=len(prompts[0]), output_len=output_len,
                       concurrency=concurrency)
     r = run_bench(engine, cfg, prompts)
@@ -42,7 +42,7 @@ def ingot_run(bundle: Path, prompts, output_len: int, concurrency: int, budget: 
 
 def prefix_run(bundle: Path, prompts, prefix: int, threads: int) -> dict:
     """TTFT of a request whose first `prefix` tokens are cached, against the same request cold."""
-    engine = LLMEngine(ModelRunner(bundle, kv_cache_memory=1 << 30, threads=threads))
+    engine = LLMEngine(load_runner(bundle, kv_cache_memory=1 << 30, threads=threads))
     stream = [t for p in prompts for t in p]
     shared, tails = stream[:prefix], [stream[prefix + i * 16: prefix + (i + 1) * 16] for i in (0, 1)]
     ttft = []

@@ -66,7 +66,8 @@ def check_paged(run, hf_model, info: LLMInfo, atol: float, rtol: float) -> float
 
     from ingot.builder.paged import PagedCausalLM, example_inputs
     from ingot.plans import llm as names
-    from ingot.runtime.llm.batch import PackedBatch, plan_feeds, run_calls, window_feeds
+    from ingot.runtime.llm.batch import PackedBatch
+    from ingot.runtime.llm.cpu_lowering import plan_feeds, run_calls, window_feeds
 
     wrapper = PagedCausalLM(hf_model).eval()
     ex = example_inputs(wrapper, info.kv_block_size)
@@ -77,7 +78,7 @@ def check_paged(run, hf_model, info: LLMInfo, atol: float, rtol: float) -> float
     caches = {}
     for layer, (k, v) in enumerate(zip(ex["key_caches"], ex["value_caches"])):
         caches[names.key_cache(layer)], caches[names.value_cache(layer)] = k.numpy(), v.numpy()
-    logits = run_calls(batch, lambda sub: run(plan_feeds(sub, info) | window_feeds(sub, info, caches))[names.LOGITS])
+    logits = run_calls(batch, lambda sub: run(plan_feeds(sub) | window_feeds(sub, info, caches))[names.LOGITS])
     err = float(np.abs(logits - ref).max())
     if err > atol + rtol * float(np.abs(ref).max()):
         raise VerificationError(f"verification failed: the paged plan differs from torch by {err:.3g} on a step "

@@ -19,11 +19,16 @@ SLOT_MAPPING, BLOCK_TABLES, CONTEXT_LENS, QUERY_START_LOC = "slot_mapping", "blo
 # so the past of a sequence is gathered a whole block of one head at a time.
 # cpu lowering "gqa-v3" (ONNX Runtime's GroupQueryAttention over windows the runtime fills from the
 # pool): per plan call, computed by the runtime. One call holds sequences that all add S new tokens,
-# and only one sequence when S > 1 and it has a past (the kernel's limits): ingot.runtime.llm.batch.
+# and only one sequence when S > 1 and it has a past (the kernel's limits): ingot.runtime.llm.cpu_lowering.
 CPU_LOWERING = "gqa-v3"
 ATTN_QUERY_SHAPE = "attn.query_shape"  # [3] int64: [B, S, -1], the packed rows as B sequences of S tokens
 ATTN_SEQLENS_K = "attn.seqlens_k"  # [B] int32: past + new - 1 per sequence
 ATTN_TOTAL_LEN = "attn.total_len"  # [] int32: max(past + new)
+
+
+def blocks_needed(num_tokens: int, block_size: int) -> int:
+    """KV blocks that hold `num_tokens` slots."""
+    return -(-num_tokens // block_size)
 
 
 def lowering_problem(build_options: dict) -> str | None:

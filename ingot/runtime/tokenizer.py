@@ -6,6 +6,7 @@ equal transformers' tokenizer on real text.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ class TextTokenizer:
         self.tok.no_padding()
         if info.pad_token_id is not None:
             self.tok.enable_padding(pad_id=info.pad_token_id, pad_token=self.tok.id_to_token(info.pad_token_id) or "")
+        self.chat_template = _chat_template(root / "tokenizer")
 
     def ids(self, text: str) -> np.ndarray:
         """Token ids of one long text, without special tokens (for perplexity and calibration)."""
@@ -35,3 +37,14 @@ class TextTokenizer:
             name: np.array([getattr(e, field) for e in encodings], dtype=np.int64)
             for name, field in self.info.input_map.items()
         }
+
+
+def _chat_template(folder: Path) -> str | None:
+    """The Jinja chat template saved with the tokenizer (chat_template.jinja, or tokenizer_config.json's)."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text()).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None

@@ -133,7 +133,8 @@ def _paged_logits(model: onnx.ModelProto, hf) -> np.ndarray:
     """Logits of a paged plan on check_paged's step (past K/V in a random pool), accuracy level 0."""
     from ingot.builder.paged import PagedCausalLM, example_inputs, llm_info
     from ingot.plans import llm as names
-    from ingot.runtime.llm.batch import PackedBatch, plan_feeds, run_calls, window_feeds
+    from ingot.runtime.llm.batch import PackedBatch
+    from ingot.runtime.llm.cpu_lowering import plan_feeds, run_calls, window_feeds
 
     ex = example_inputs(PagedCausalLM(hf).eval(), LIMITS["kv_block_size"])
     batch = PackedBatch(**{k: ex[k].numpy() for k in ("input_ids", "positions", "slot_mapping", "logits_indices",
@@ -142,4 +143,4 @@ def _paged_logits(model: onnx.ModelProto, hf) -> np.ndarray:
     for layer, (k, v) in enumerate(zip(ex["key_caches"], ex["value_caches"])):
         caches[names.key_cache(layer)], caches[names.value_cache(layer)] = k.numpy(), v.numpy()
     s, info = session(model, ACC0), llm_info(hf, LIMITS, None)
-    return run_calls(batch, lambda sub: s.run([names.LOGITS], plan_feeds(sub, info) | window_feeds(sub, info, caches))[0])
+    return run_calls(batch, lambda sub: s.run([names.LOGITS], plan_feeds(sub) | window_feeds(sub, info, caches))[0])

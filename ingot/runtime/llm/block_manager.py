@@ -18,7 +18,8 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ingot.runtime.llm.sequence import Sequence, blocks_needed
+from ingot.plans.llm import blocks_needed
+from ingot.runtime.llm.sequence import Sequence
 
 ROOT_HASH = b""  # parent of the first block: chains are reproducible across processes
 
@@ -64,11 +65,6 @@ class BlockManager:
     @property
     def num_free_blocks(self) -> int:
         return len(self.free_queue)
-
-    @property
-    def usage(self) -> float:
-        """Fraction of blocks held by sequences (the kv_cache_usage gauge)."""
-        return 1 - self.num_free_blocks / self.num_blocks
 
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """Block ids of the longest cached prefix of full blocks, leaving ≥ 1 token to compute."""

@@ -12,8 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ingot.plans import llm as names
-from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import PackedBatch, pack, plan_calls, plan_feeds, run_calls, select, window_feeds
+from ingot.plans.llm import LLMInfo, blocks_needed
+from ingot.runtime.llm.batch import PackedBatch, pack
+from ingot.runtime.llm.cpu_lowering import plan_calls, plan_feeds, run_calls, select, window_feeds
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -34,13 +35,13 @@ def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask:
 
 
 def _feeds(batch: PackedBatch, info: LLMInfo) -> dict[str, np.ndarray]:
-    return plan_feeds(batch, info) | window_feeds(batch, info, None)  # no past: nothing gathered
+    return plan_feeds(batch) | window_feeds(batch, info, None)  # no past: nothing gathered
 
 
 def _packed(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None) -> PackedBatch:
     rows = [r for r in _rows(input_ids, attention_mask) if len(r)]
     assert rows, "every row is masked"
-    blocks = [list(range(-(-len(r) // info.kv_block_size))) for r in rows]  # never read: no past
+    blocks = [list(range(blocks_needed(len(r), info.kv_block_size))) for r in rows]  # never read: no past
     return pack(rows, [0] * len(rows), blocks, info.kv_block_size, [range(len(r)) for r in rows])
 
 

@@ -1,7 +1,7 @@
-"""`LLMEngine`: the loop `step()` = schedule → execute → postprocess, over a model runner.
+"""`LLMEngine`: the loop `step()` = schedule → execute → postprocess, over a runner.
 
-The engine owns the requests (their detokenizers and times) and the scheduler; the model
-runner owns the KV pool and the session. `execute` touches only the runner, so an async
+The engine owns the requests (their detokenizers and times) and the scheduler; the runner
+(runner.py) owns the KV pool and the model. `execute` touches only the runner, so an async
 front end may run it in a worker thread while the event loop adds and aborts requests.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,41 +18,28 @@ from ingot.runtime.errors import InputError
 from ingot.runtime.llm.detokenizer import IncrementalDetokenizer
 from ingot.runtime.llm.errors import PromptTooLongError
 from ingot.runtime.llm.outputs import RequestMetrics, RequestOutput
+from ingot.runtime.llm.runner import Runner, RunnerMemory
 from ingot.runtime.llm.sampling import Sampler, SamplingParams
 from ingot.runtime.llm.scheduler import Scheduler, SchedulerConfig
-from ingot.runtime.llm.scheduler_output import SchedulerOutput, StepResult
+from ingot.runtime.llm.scheduler_output import SchedulerOutput, SchedulerStats, StepResult
 from ingot.runtime.llm.sequence import FinishReason, Sequence
 
 if TYPE_CHECKING:
-    from ingot.plans.llm import LLMInfo
     from ingot.runtime.tokenizer import TextTokenizer
 
 Prompt = str | Seq[int]
 
 
-class Runner(Protocol):
-    """What the engine needs of `ingot.runtime.llm.model_runner.ModelRunner`."""
-
-    info: LLMInfo
-    num_blocks: int
-    kv_cache_bytes: int
-    window_bytes_max: int  # memory beside the pool: the cpu plan's attention windows, at most
-    tokenizer: TextTokenizer
-
-    def execute(self, out: SchedulerOutput) -> np.ndarray: ...
-
-
 @dataclass(frozen=True)
 class KVCacheReport:
-    """What the KV pool holds, reported at load."""
+    """The engine's limits and its runner's memory, reported at load."""
 
     num_blocks: int
     block_size: int
-    kv_cache_bytes: int
     max_model_len: int
     max_num_seqs: int
-    max_num_tokens: int
-    window_bytes_max: int = 0  # the cpu plan's attention windows (beside the pool), at most
+    max_num_tokens: int  # the token budget of a step
+    memory: RunnerMemory
 
     @property
     def max_tokens(self) -> int:
@@ -61,28 +48,8 @@ class KVCacheReport:
 
     def __str__(self) -> str:
         return (f"kv cache: {self.num_blocks} blocks x {self.block_size} tokens = {self.max_tokens} tokens, "
-                f"{self.kv_cache_bytes / 2**20:.1f} MiB (max_model_len {self.max_model_len}, "
-                f"max_num_seqs {self.max_num_seqs}, max_num_tokens {self.max_num_tokens} a step)"
-                + (f"; attention windows up to {self.window_bytes_max / 2**20:.1f} MiB more" if self.window_bytes_max else ""))
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    """Scheduler gauges and counters (vLLM metric names in SchedulerStats) plus the KV pool."""
-
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_preemptions: int
-    prefix_cache_queries: int  # tokens
-    prefix_cache_hits: int  # tokens
-    num_blocks: int
-    num_free_blocks: int
-    kv_cache_bytes: int
-
-    @property
-    def prefix_cache_hit_rate(self) -> float:
-        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+                f"{self.memory} (max_model_len {self.max_model_len}, max_num_seqs {self.max_num_seqs}, "
+                f"max_num_tokens {self.max_num_tokens} a step)")
 
 
 @dataclass(eq=False)
@@ -99,11 +66,9 @@ class _Request:
 
 
 # Token budget of a step unless asked otherwise (vLLM's max_num_batched_tokens), capped by the
-# plan's limit. A 2048-token step of SmolLM2-135M takes ~1.3 s on 2 cores, and every decode in
-# flight waits for it: 16 requests' first tokens come at 0.65x onnxruntime-genai's TTFT. Shorter
-# steps let decodes run between prefill chunks (512: 0.19x) but make more, smaller calls (C=16
-# throughput 1.01-1.14x onnxruntime-genai, C=16/C=1 1.53-2.00). 768 met every issue target in
-# most rounds (0.25-0.27x TTFT, 1.03-1.35x, C=16/C=1 1.70-2.10; BENCHMARKS.md, seventh session).
+# plan's limit. Every decode in flight waits for a step: shorter steps let decodes run between
+# prefill chunks (lower time to first token under load) but make more, smaller plan calls. 768
+# is where SmolLM2 on 2 cores met both the TTFT and the throughput targets (BENCHMARKS.md).
 DEFAULT_STEP_TOKENS = 768
 
 
@@ -154,7 +119,8 @@ class LLMEngine:
                     prompt_token_ids: Seq[int] | None = None, arrival_time: float | None = None) -> None:
         """Queue a request. Raises PromptTooLongError, QueueFullError or InputError before
         any work: a refused request leaves nothing behind. With `prompt_token_ids` (already
-        tokenized, e.g. a rendered chat), `prompt` is only the text reported back."""
+        tokenized, e.g. a rendered chat), `prompt` is only the text reported back. The engine
+        checks the prompt and the request id; the scheduler only asserts them."""
         if request_id in self.requests:
             raise InputError(f"request id {request_id!r} is already in use")
         ids = self.tokenize(prompt if prompt_token_ids is None else prompt_token_ids)
@@ -197,15 +163,13 @@ class LLMEngine:
 
     # ---- reports
 
-    def stats(self) -> EngineStats:
-        s, bm = self.scheduler.stats(), self.scheduler.block_manager
-        return EngineStats(s.num_running, s.num_waiting, s.kv_cache_usage, s.num_preemptions, s.prefix_cache_queries,
-                           s.prefix_cache_hits, bm.num_blocks, bm.num_free_blocks, self.runner.kv_cache_bytes)
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()
 
     def kv_report(self) -> KVCacheReport:
         c = self.config
-        return KVCacheReport(self.runner.num_blocks, c.block_size, self.runner.kv_cache_bytes, c.max_model_len,
-                             c.max_num_seqs, c.max_num_tokens, self.runner.window_bytes_max)
+        return KVCacheReport(self.runner.num_blocks, c.block_size, c.max_model_len, c.max_num_seqs, c.max_num_tokens,
+                             self.runner.memory())
 
     # ---- helpers
 

@@ -1,7 +1,8 @@
-"""The paged KV pool: one numpy array, viewed per layer and k|v as [kv_heads, blocks, block, dim].
+"""The paged KV pool in host memory, and how many blocks a memory budget holds.
 
-The runner gathers each sequence's past from here into the plan's windows (windows.py); the
-new tokens' K/V come back as plan outputs and are written here at their slots, in place.
+One numpy array, viewed per layer and k|v as [kv_heads, blocks, block, dim]: a block of one head
+is contiguous, so a sequence's past is gathered a block at a time (cpu_lowering.py). The step's
+new K/V come back as plan outputs and are written here at their slots, in place.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import os
 import numpy as np
 
 from ingot.plans import llm as names
-from ingot.plans.llm import LLMInfo
+from ingot.plans.llm import LLMInfo, blocks_needed
 from ingot.runtime.errors import RunError
-from ingot.runtime.llm.pages import populated
+from ingot.runtime.llm.buffers import populated
 
 DEFAULT_FRACTION = 0.25  # of available memory, when --kv-cache-memory is not given
 
@@ -35,14 +36,14 @@ def num_blocks_for(info: LLMInfo, kv_cache_memory: int | float | None) -> int:
     available memory. Fails if not even one max_model_len sequence fits.
     """
     per_block = info.kv_bytes_per_block
-    need = info.max_num_seqs * -(-info.max_model_len // info.kv_block_size)
+    minimum = blocks_needed(info.max_model_len, info.kv_block_size)  # one max_model_len sequence
+    need = info.max_num_seqs * minimum
     if kv_cache_memory is None:
         blocks = min(need, int(available_memory() * DEFAULT_FRACTION) // per_block)
     elif 0 < kv_cache_memory <= 1 and isinstance(kv_cache_memory, float):
         blocks = int(available_memory() * kv_cache_memory) // per_block
     else:
         blocks = int(kv_cache_memory) // per_block
-    minimum = -(-info.max_model_len // info.kv_block_size)
     if blocks < minimum:
         raise RunError(
             f"KV cache of {blocks} blocks ({blocks * per_block} bytes) holds fewer tokens than max_model_len "
@@ -59,17 +60,13 @@ class KVCache:
         # the caches by name (ingot.plans.llm.key_cache), for the windows' gathers
         self.caches = {name: self.pool[layer, kv] for layer in range(info.num_layers)
                       for kv, name in ((0, names.key_cache(layer)), (1, names.value_cache(layer)))}
-        # the same memory as [layer, k|v, head, slot, dim]: one index array per write, numpy's fast path
-        # (indexing block and offset apart measured 0.09 to 5 ms for one token, depending on the pool, against 0.1 ms)
+        # the same memory as [layer, k|v, head, slot, dim]: a write is one index array, numpy's fast path
+        # (indexing block and offset apart is much slower on a large pool)
         self._slots = self.pool.reshape(*shape[:3], num_blocks * info.kv_block_size, info.head_dim)
 
     @property
     def nbytes(self) -> int:
         return self.pool.nbytes
-
-    @property
-    def max_tokens(self) -> int:
-        return self.num_blocks * self.info.kv_block_size
 
     def write(self, slot_mapping: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
         """Store the step's new K/V (`present.L.key/value`, [T, kv_heads, dim]) at their slots."""

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ingot.runtime.errors import InputError
-from ingot.runtime.llm.engine import KVCacheReport, LLMEngine, Runner
+from ingot.runtime.llm.engine import KVCacheReport, LLMEngine
 from ingot.runtime.llm.errors import QueueFullError
 from ingot.runtime.llm.outputs import RequestOutput
+from ingot.runtime.llm.runner import Runner, load_runner
 from ingot.runtime.llm.sampling import SamplingParams
 
 Message = dict[str, Any]  # {"role": "user", "content": "..."}
@@ -29,9 +30,7 @@ class LLM:
     def __init__(self, bundle: str | Path, *, kv_cache_memory: int | float | None = None,
                  threads: int | None = None, target: str | None = None, max_waiting: int = 1024,
                  max_num_tokens: int | None = None):
-        from ingot.runtime.llm.model_runner import ModelRunner  # onnxruntime: imported on use
-
-        runner = ModelRunner(bundle, kv_cache_memory=kv_cache_memory, target=target, threads=threads)
+        runner = load_runner(bundle, kv_cache_memory=kv_cache_memory, target=target, threads=threads)
         self.engine = LLMEngine(runner, max_waiting=max_waiting, max_num_tokens=max_num_tokens)
         self._ids = itertools.count()
 
@@ -71,9 +70,7 @@ class LLM:
         return self._run(prompts, ids, _broadcast(params, len(prompts)))
 
     def close(self) -> None:
-        close = getattr(self.runner, "close", None)
-        if close is not None:
-            close()
+        self.runner.close()
 
     def __enter__(self) -> LLM:
         return self
@@ -119,7 +116,7 @@ def _broadcast(params: SamplingParams | Seq[SamplingParams] | None, n: int) -> l
 
 
 def chat_template(runner: Runner) -> str:
-    template = getattr(runner, "chat_template", None)
+    template = runner.tokenizer.chat_template
     if not template:
         raise InputError("this bundle's tokenizer has no chat template (tokenizer_config.json "
                          "chat_template or chat_template.jinja); pass plain prompts")

@@ -22,7 +22,7 @@ from collections.abc import Sequence as Seq
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingot.runtime.llm.block_manager import BlockManager
-from ingot.runtime.llm.errors import PromptTooLongError, QueueFullError
+from ingot.runtime.llm.errors import QueueFullError
 from ingot.runtime.llm.scheduler_output import ScheduledSequence, SchedulerOutput, SchedulerStats, StepResult
 from ingot.runtime.llm.sequence import FinishReason, Sequence, SequenceStatus
 
@@ -60,14 +60,12 @@ class Scheduler:
         return bool(self.requests)
 
     def add(self, seq: Sequence) -> None:
-        """Queue a new request; raises PromptTooLongError or QueueFullError before any work."""
-        limit = self.config.max_model_len
-        if seq.num_prompt_tokens > limit:
-            raise PromptTooLongError(f"prompt has {seq.num_prompt_tokens} tokens, more than max_model_len {limit}")
+        """Queue a new request; raises QueueFullError when the waiting queue is full. The caller
+        (the engine) has checked the prompt: its length and a request id not in use."""
         if len(self.waiting) >= self.config.max_waiting:
             raise QueueFullError(f"waiting queue is full ({self.config.max_waiting} requests); retry later")
-        if seq.request_id in self.requests:
-            raise ValueError(f"request id {seq.request_id!r} is already in use")
+        assert seq.num_prompt_tokens <= self.config.max_model_len, (seq.num_prompt_tokens, self.config.max_model_len)
+        assert seq.request_id not in self.requests, seq.request_id
         assert seq.status is SequenceStatus.WAITING and not seq.block_table and not seq.output_token_ids, seq
         seq.arrival = next(self._arrivals)
         self.requests[seq.request_id] = seq
@@ -119,8 +117,8 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         bm = self.block_manager
-        return SchedulerStats(len(self.running), len(self.waiting), bm.usage, self.num_preemptions,
-                              bm.prefix_cache_queries, bm.prefix_cache_hits)
+        return SchedulerStats(len(self.running), len(self.waiting), bm.num_blocks, bm.num_free_blocks,
+                              self.num_preemptions, bm.prefix_cache_queries, bm.prefix_cache_hits)
 
     def _schedule_running(self, budget: int, scheduled: list, preempted: list[Sequence]) -> int:
         index = 0
@@ -165,14 +163,12 @@ class Scheduler:
             budget -= num_new
 
     def _describe(self, seq: Sequence, num_new: int) -> ScheduledSequence:
-        start, stop, size = seq.num_computed_tokens, seq.num_computed_tokens + num_new, self.block_manager.block_size
+        start, stop = seq.num_computed_tokens, seq.num_computed_tokens + num_new
         return ScheduledSequence(
             request_id=seq.request_id,
             token_ids=tuple(seq.token_ids(start, stop)),
-            positions=tuple(range(start, stop)),
             num_computed_tokens=start,
             block_table=tuple(seq.block_table),
-            slot_mapping=tuple(seq.block_table[p // size] * size + p % size for p in range(start, stop)),
             samples=stop == seq.num_tokens,
             seq_id=seq.seq_id,
         )

@@ -11,17 +11,14 @@ from ingot.runtime.llm.sequence import FinishReason
 class ScheduledSequence:
     """One sequence's share of a step: `len(token_ids)` new tokens after `num_computed_tokens`.
 
-    The model runner packs these into the ragged batch: flat token ids and positions,
-    context length `num_computed_tokens + num_new_tokens` and the block table per
-    sequence, and one KV slot per new token.
+    A runner packs these into the ragged batch (batch.pack_step), which derives each new
+    token's position and KV slot from `num_computed_tokens` and the block table.
     """
 
     request_id: str
     token_ids: tuple[int, ...]  # (num_new_tokens,) to feed
-    positions: tuple[int, ...]  # (num_new_tokens,) num_computed_tokens, num_computed_tokens + 1, ...
     num_computed_tokens: int  # tokens already in the KV cache before this step
     block_table: tuple[int, ...]  # physical block ids covering positions [0, context_len)
-    slot_mapping: tuple[int, ...]  # (num_new_tokens,) block_id * block_size + offset, where the new KV goes
     samples: bool  # the step reaches the last known token, so a token is sampled from its logits
     seq_id: int  # Sequence.seq_id: unique, where a request id may come again after its request ended
 
@@ -80,11 +77,21 @@ class StepResult:
 
 @dataclass(frozen=True)
 class SchedulerStats:
-    """Gauges and counters for metrics (vLLM names in comments)."""
+    """The engine's gauges and counters, for metrics (vLLM's names in comments)."""
 
     num_running: int  # num_requests_running
     num_waiting: int  # num_requests_waiting
-    kv_cache_usage: float  # kv_cache_usage_perc, 0..1
+    num_blocks: int
+    num_free_blocks: int
     num_preemptions: int  # num_preemptions_total
     prefix_cache_queries: int  # prefix_cache_queries (tokens)
     prefix_cache_hits: int  # prefix_cache_hits (tokens)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """kv_cache_usage_perc, 0..1: blocks held by a request."""
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0

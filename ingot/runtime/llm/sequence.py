@@ -23,11 +23,6 @@ class FinishReason(str, enum.Enum):
     ABORT = "abort"  # cancelled by the client
 
 
-def blocks_needed(num_tokens: int, block_size: int) -> int:
-    """Blocks that hold `num_tokens` KV slots."""
-    return -(-num_tokens // block_size)
-
-
 _ids = itertools.count()
 
 

@@ -16,6 +16,8 @@ from ingot.runtime.llm import (
     PromptTooLongError,
     QueueFullError,
     SamplingParams,
+    blocks_needed,
+    load_runner,
 )
 from ingot.runtime.llm.llm import render_chat
 
@@ -25,9 +27,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def runner(llama_bundle):
-    from ingot.runtime.llm.model_runner import ModelRunner
-
-    return ModelRunner(llama_bundle)
+    return load_runner(llama_bundle)
 
 
 @pytest.fixture
@@ -76,10 +76,8 @@ def test_greedy_generate_equals_transformers(llm, tiny_llama_dir):
 def test_a_first_step_that_is_a_chunk_without_logits_runs(llm, llama_bundle):
     """A fresh runner whose first call is a prompt's first chunk (no logits wanted: the budget
     is shorter than the prompt) gives the tokens of the shared runner's unchunked run."""
-    from ingot.runtime.llm.model_runner import ModelRunner
-
     prompt = PROMPTS[2]
-    chunked = LLM.from_runner(ModelRunner(llama_bundle), max_num_tokens=4)
+    chunked = LLM.from_runner(load_runner(llama_bundle), max_num_tokens=4)
     assert chunked.engine.config.max_num_tokens == 4 and len(chunked.engine.tokenize(prompt)) > 4
     assert chunked.generate([prompt], GREEDY)[0].token_ids == llm.generate([prompt], GREEDY)[0].token_ids
     assert all_blocks_free(chunked.engine)
@@ -137,11 +135,9 @@ def test_prefix_cache_hit_gives_the_cold_tokens(llm):
 
 
 def test_tiny_kv_pool_preempts_and_every_request_finishes_correctly(llama_bundle, runner):
-    from ingot.runtime.llm.model_runner import ModelRunner
-
     info = runner.info
-    one_sequence = -(-info.max_model_len // info.kv_block_size) * info.kv_bytes_per_block
-    small = ModelRunner(llama_bundle, kv_cache_memory=one_sequence)
+    one_sequence = blocks_needed(info.max_model_len, info.kv_block_size) * info.kv_bytes_per_block
+    small = load_runner(llama_bundle, kv_cache_memory=one_sequence)
     llm = LLM.from_runner(small)
     assert llm.startup_report().max_tokens == info.max_model_len
     params = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
@@ -284,15 +280,14 @@ def test_a_mixed_step_runs_decodes_and_prefills_apart_with_the_same_logits(runne
     length per call), logits back in step order, equal to each sequence run alone."""
     import numpy as np
 
+    from ingot.runtime.llm.batch import pack
+    from ingot.runtime.llm.cpu_lowering import plan_calls
     from ingot.runtime.llm.scheduler_output import ScheduledSequence, SchedulerOutput
-    from ingot.runtime.llm.batch import pack, plan_calls
 
     bs = runner.info.kv_block_size
 
     def seq(rid, tokens, past, blocks, samples=True):
-        positions = tuple(range(past, past + len(tokens)))
-        slots = tuple(blocks[p // bs] * bs + p % bs for p in positions)
-        return ScheduledSequence(rid, tuple(tokens), positions, past, tuple(blocks), slots, samples, seq_id=ord(rid))
+        return ScheduledSequence(rid, tuple(tokens), past, tuple(blocks), samples, seq_id=ord(rid))
 
     history = list(range(20, 20 + 2 * bs))  # the decode's past, written to the cache first
     runner.execute(SchedulerOutput((seq("d", history, 0, [1, 2, 3], samples=False),)))

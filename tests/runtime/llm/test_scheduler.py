@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from ingot.runtime.llm.batch import pack_step
 from ingot.runtime.llm import (
     FinishReason,
-    PromptTooLongError,
     QueueFullError,
     SamplingParams,
     Scheduler,
@@ -28,7 +28,7 @@ def request(request_id: str, prompt, max_tokens=4, **params) -> Sequence:
 def fake_model(output: SchedulerOutput) -> list[int]:
     """Test double for the model: a token from the last fed token and its position, so a
     recomputed sequence samples exactly what it would have without preemption."""
-    return [(7 * s.positions[-1] + s.token_ids[-1]) % 50 + 10 for s in output.sampling]
+    return [(7 * (s.context_len - 1) + s.token_ids[-1]) % 50 + 10 for s in output.sampling]
 
 
 def step(sched: Scheduler):
@@ -54,18 +54,18 @@ def test_chunked_prefill_splits_a_long_prompt_by_the_budget():
     sched.add(a)
     out1, res1 = step(sched)
     (s1,) = out1.sequences
-    assert (s1.positions, s1.token_ids, s1.samples, res1) == (tuple(range(8)), tuple(range(8)), False, [])
-    assert s1.block_table == (0, 1) and s1.slot_mapping == tuple(range(8))
+    assert (s1.num_computed_tokens, s1.token_ids, s1.samples, res1) == (0, tuple(range(8)), False, [])
+    assert s1.block_table == (0, 1) and pack_step(out1, 4).slot_mapping.tolist() == list(range(8))
     out2, _ = step(sched)
     (s2,) = out2.sequences
-    assert s2.positions == tuple(range(8, 16)) and s2.num_computed_tokens == 8
-    assert s2.block_table == (0, 1, 2, 3) and s2.slot_mapping == tuple(range(8, 16))
+    assert s2.num_computed_tokens == 8 and pack_step(out2, 4).positions.tolist() == list(range(8, 16))
+    assert s2.block_table == (0, 1, 2, 3) and pack_step(out2, 4).slot_mapping.tolist() == list(range(8, 16))
     out3, res3 = step(sched)
     (s3,) = out3.sequences
-    assert s3.positions == (16, 17, 18, 19) and s3.samples and s3.block_table == (0, 1, 2, 3, 4)
+    assert s3.num_computed_tokens == 16 and s3.samples and s3.block_table == (0, 1, 2, 3, 4)
     assert [(r.request_id, r.token_id, r.num_output_tokens) for r in res3] == [("a", 12, 1)]  # (7 * 19 + 19) % 50 + 10
     out4, res4 = step(sched)
-    assert out4.sequences[0].token_ids == (res3[0].token_id,) and out4.sequences[0].positions == (20,)
+    assert out4.sequences[0].token_ids == (res3[0].token_id,) and out4.sequences[0].num_computed_tokens == 20
     assert res4[0].finish_reason is FinishReason.LENGTH and a.output_token_ids == [12, 12]
 
 
@@ -89,18 +89,20 @@ def test_decode_first_then_waiting_with_the_rest():
     assert [(s.request_id, s.num_new_tokens, s.samples) for s in out.sequences] == [("a", 1, True), ("b", 7, False)]
 
 
-def test_slot_mapping_follows_the_block_table():
+def test_packed_slots_follow_the_block_table():
     sched = make(block_size=2)
     sched.add(request("a", range(3)))
     sched.add(request("b", range(10, 13)))
     out = sched.schedule()
     a, b = out.sequences
-    assert (a.block_table, a.slot_mapping) == ((0, 1), (0, 1, 2))
-    assert (b.block_table, b.slot_mapping) == ((2, 3), (4, 5, 6))
+    assert (a.block_table, b.block_table) == ((0, 1), (2, 3))
+    assert pack_step(out, 2).slot_mapping.tolist() == [0, 1, 2, 4, 5, 6]
     sched.update(out, fake_model(out))
-    a, b = sched.schedule().sequences
-    assert (a.positions, a.block_table, a.slot_mapping) == ((3,), (0, 1), (3,))
-    assert (b.positions, b.block_table, b.slot_mapping) == ((3,), (2, 3), (7,))
+    out = sched.schedule()
+    a, b = out.sequences
+    assert (a.block_table, b.block_table) == ((0, 1), (2, 3))
+    batch = pack_step(out, 2)
+    assert (batch.positions.tolist(), batch.slot_mapping.tolist()) == ([3, 3], [3, 7])
 
 
 def test_max_num_seqs_caps_running():
@@ -138,7 +140,7 @@ def test_preempted_sequence_waits_for_blocks_and_recomputes():
     trace = []
     while sched.has_unfinished:
         out, _ = step(sched)
-        trace.append(([(s.request_id, s.positions[0], s.num_new_tokens, s.block_table) for s in out.sequences],
+        trace.append(([(s.request_id, s.num_computed_tokens, s.num_new_tokens, s.block_table) for s in out.sequences],
                       out.preempted, list(sched.block_manager.free_queue)))
     assert trace == [
         ([("a", 0, 2, (0,)), ("b", 0, 5, (1, 2, 3))], (), []),
@@ -189,7 +191,7 @@ def test_prefix_hit_skips_cached_blocks():
     run(sched)
     sched.add(request("b", [*range(8), 40, 41], max_tokens=1))
     (b,) = sched.schedule().sequences
-    assert (b.num_computed_tokens, b.positions, b.token_ids) == (8, (8, 9), (40, 41))
+    assert (b.num_computed_tokens, b.token_ids) == (8, (40, 41))
     assert b.block_table[:2] == (0, 1)
 
 
@@ -223,21 +225,6 @@ def test_bounded_queue_rejects():
     with pytest.raises(QueueFullError, match=r"waiting queue is full \(2 requests\)"):
         sched.add(request("c", [1]))
     assert [s.request_id for s in sched.waiting] == ["a", "b"] and "c" not in sched.requests
-
-
-def test_over_long_prompt_is_refused_before_any_work():
-    sched = make(max_model_len=32)
-    with pytest.raises(PromptTooLongError) as info:
-        sched.add(request("a", range(33)))
-    assert str(info.value) == "prompt has 33 tokens, more than max_model_len 32"
-    assert not sched.waiting and not sched.requests
-
-
-def test_duplicate_request_id_is_refused():
-    sched = make()
-    sched.add(request("a", [1]))
-    with pytest.raises(ValueError, match="'a' is already in use"):
-        sched.add(request("a", [2]))
 
 
 def test_pool_smaller_than_max_model_len_is_refused():
