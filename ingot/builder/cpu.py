@@ -22,16 +22,19 @@ def compile_cpu(
 
     from ingot.builder.fuse_cpu import fuse_for_cpu
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # the caller's model may still go to other targets, or be the float reference
-    model, fusions = fuse_for_cpu(copy, max_positions)
+    fused, fusions = fuse_for_cpu(model, max_positions)  # a new model, or `model` itself when nothing matched
     rel = f"targets/{target.name}/model.onnx"
     files = [rel]
-    if model.ByteSize() > _EXTERNAL_DATA_ABOVE:
-        onnx.save_model(model, writer.path(rel), save_as_external_data=True, location="model.onnx.data")
+    if fused.ByteSize() > _EXTERNAL_DATA_ABOVE:
+        # saving moves the weights out of the proto it writes: not out of the caller's model, which may
+        # still go to other targets or be the float reference
+        if fused is model:
+            fused = onnx.ModelProto()
+            fused.CopyFrom(model)
+        onnx.save_model(fused, writer.path(rel), save_as_external_data=True, location="model.onnx.data")
         files.append(rel + ".data")
     else:
-        onnx.save_model(model, writer.path(rel))
+        onnx.save_model(fused, writer.path(rel))
     return Target(
         name=target.name,
         device="cpu",

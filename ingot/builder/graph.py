@@ -21,7 +21,12 @@ _DTYPES = {
 
 
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants, drop dead nodes, sort topologically."""
+    """Fold constants, drop dead nodes, sort topologically.
+
+    onnx-graphsurgeon, not onnxscript's fold_constants + onnx_ir passes: that folder (0.7.2)
+    leaves `Slice(Shape(x))` of static dims in place (two more nodes in a BERT or dense Llama
+    plan) and renames away the `Identity` nodes that name graph outputs (the lowering's
+    present.L.key/value), which the cpu fusions count as `output_identity`."""
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model)

@@ -174,6 +174,7 @@ def export_paged(hf_model, opset: int, block_size: int, scope_prefix: str = "mod
     from ingot.builder.export import name_nodes
     from ingot.builder.quiet import quiet
     from ingot.plans import llm as names
+    from ingot.quant.graph import GraphEditor
 
     wrapper = PagedCausalLM(hf_model).eval()
     example = example_inputs(wrapper, block_size)
@@ -201,17 +202,9 @@ def export_paged(hf_model, opset: int, block_size: int, scope_prefix: str = "mod
     renames = {f"key_caches_{i}": names.key_cache(i) for i in range(layers)}
     renames |= {f"value_caches_{i}": names.value_cache(i) for i in range(layers)}
     renames[model.graph.output[0].name] = names.LOGITS
-    _rename(model, renames)
+    GraphEditor(model).rename(renames)
     name_nodes(model, scope_prefix)
     return model
-
-
-def _rename(model: onnx.ModelProto, renames: dict[str, str]) -> None:
-    for value in [*model.graph.input, *model.graph.output]:
-        value.name = renames.get(value.name, value.name)
-    for node in model.graph.node:
-        node.input[:] = [renames.get(x, x) for x in node.input]
-        node.output[:] = [renames.get(x, x) for x in node.output]
 
 
 def llm_info(hf_model, limits: dict[str, int], tokenizer) -> LLMInfo:

@@ -3,6 +3,9 @@
 Edits are collected and applied by `finish()`: each inserted node goes right before the
 node it was attached to, so the graph stays topologically sorted. A replaced initializer
 is dropped once nothing reads it.
+
+The builder's hand-written edits use it too (ingot.builder.lower_cpu, paged): a node replaced
+by several at `finish()`, graph inputs and outputs added or removed, tensors renamed, opsets set.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class GraphEditor:
         self._names |= {n.name for n in self.graph.node} | {v.name for v in self.graph.input}
         self._before: dict[int, list[onnx.NodeProto]] = {}
         self._retired: list[str] = []
+        self._model = model
+        self._replaced: dict[int, list[onnx.NodeProto]] = {}
 
     def node(self, index: int) -> onnx.NodeProto:
         return self.graph.node[index]
@@ -127,7 +132,10 @@ class GraphEditor:
         nodes = []
         for i, node in enumerate(self.graph.node):
             nodes.extend(self._before.get(i, []))
-            nodes.append(_copy(node))  # the originals are freed below
+            if i in self._replaced:
+                nodes.extend(self._replaced[i])
+            else:
+                nodes.append(_copy(node))  # the originals are freed below
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         read = _reads(self.graph) | {o.name for o in self.graph.output}
@@ -135,6 +143,58 @@ class GraphEditor:
         for field in (self.graph.initializer, self.graph.input):  # in place: weights are not copied
             for i in reversed([i for i, t in enumerate(field) if t.name in dead]):
                 del field[i]
+
+    # --- structure: whole nodes, graph inputs and outputs, names, opsets ---
+
+    def replace(self, index: int, nodes: list[onnx.NodeProto]) -> None:
+        """Put `nodes` (made by the caller, names and all) where node `index` is, at `finish()`."""
+        assert index not in self._replaced, f"node {index} is already replaced"
+        self._replaced[index] = list(nodes)
+        for node in nodes:
+            self._names.update([node.name, *node.output])
+
+    def graph_input(self, name: str) -> onnx.ValueInfoProto:
+        return next(v for v in self.graph.input if v.name == name)
+
+    def add_input(self, value: onnx.ValueInfoProto) -> None:
+        self.graph.input.append(value)
+        self._names.add(value.name)
+
+    def add_output(self, value: onnx.ValueInfoProto) -> None:
+        self.graph.output.append(value)
+
+    def add_value_info(self, value: onnx.ValueInfoProto) -> None:
+        """Record a tensor's type and shape (for one made by an op that ONNX cannot infer)."""
+        self.graph.value_info.append(value)
+
+    def remove_inputs(self, names: set[str]) -> None:
+        kept = [v for v in self.graph.input if v.name not in names]
+        del self.graph.input[:]
+        self.graph.input.extend(kept)
+
+    def rename(self, renames: dict[str, str]) -> None:
+        """Rename tensors everywhere they appear: graph inputs and outputs, node inputs and
+        outputs, initializers, value_info (now, not at `finish()`)."""
+        def new(name: str) -> str:
+            return renames.get(name, name)
+
+        for value in [*self.graph.input, *self.graph.output, *self.graph.value_info, *self.graph.initializer]:
+            value.name = new(value.name)
+        for node in self.graph.node:
+            node.input[:] = [new(x) for x in node.input]
+            node.output[:] = [new(x) for x in node.output]
+        self.inits = {new(k): v for k, v in self.inits.items()}
+        self._producer = {new(k): v for k, v in self._producer.items()}
+        self._consumers = {new(k): v for k, v in self._consumers.items()}
+        self._names |= set(renames.values())
+
+    def set_opset(self, domain: str, version: int | None) -> None:
+        """Import `domain` at `version` (replacing any other version), or drop it when None."""
+        kept = [o for o in self._model.opset_import if o.domain != domain]
+        del self._model.opset_import[:]
+        self._model.opset_import.extend(kept)
+        if version is not None:
+            self._model.opset_import.append(helper.make_opsetid(domain, version))
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:

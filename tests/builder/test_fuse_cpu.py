@@ -38,9 +38,10 @@ def paged(hf) -> onnx.ModelProto:
 
 
 def _fused(model: onnx.ModelProto, max_positions: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return fuse_for_cpu(copy, max_positions)
+    before = model.SerializeToString()
+    fused, counts = fuse_for_cpu(model, max_positions)
+    assert model.SerializeToString() == before, "the input model is left as it was"
+    return fused, counts
 
 
 NONE = {"rms_norm": 0, "int4_unpad": 0, "rotary": 0, "skip_norm": 0, "output_identity": 0, "int4_siblings": 0}
@@ -95,8 +96,8 @@ def test_a_graph_without_the_patterns_is_left_alone(tiny_bert_dir):
 
 
 def test_paged_plan_rotary_skip_norm_and_outputs_fuse_and_still_match_torch(paged, hf):
-    from ingot.builder.cpu import ort_runner
     from ingot.builder.causal_lm import check_paged
+    from ingot.builder.cpu import ort_runner
     from ingot.builder.paged import llm_info
 
     fused, counts = _fused(paged, max_positions=64)
@@ -144,3 +145,44 @@ def _paged_logits(model: onnx.ModelProto, hf) -> np.ndarray:
         caches[names.key_cache(layer)], caches[names.value_cache(layer)] = k.numpy(), v.numpy()
     s, info = session(model, ACC0), llm_info(hf, LIMITS, None)
     return run_calls(batch, lambda sub: s.run([names.LOGITS], plan_feeds(sub) | window_feeds(sub, info, caches))[0])
+
+
+def test_a_pad_read_through_one_shared_int4_weight_is_dropped_once():
+    """Two MatMuls read the padded X through one DequantizeLinear (a weight quantized once for
+    both): its zero rows are sliced once and both MatMuls read X."""
+    import ml_dtypes
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    q = np.zeros((64, 16), np.int8)
+    q[:40] = rng.integers(-8, 8, (40, 16))  # K 40 padded to 64
+    inits = [numpy_helper.from_array(q.astype(ml_dtypes.int4), "w_int4"),
+             numpy_helper.from_array(rng.random((2, 16)).astype(np.float32) / 8, "w_scale"),
+             numpy_helper.from_array(np.array([0, 24], np.int64), "pads"), numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    nodes = [helper.make_node("Pad", ["x", "pads", "", "axes"], ["x_padded"], mode="constant"),
+             helper.make_node("DequantizeLinear", ["w_int4", "w_scale"], ["w"], axis=0, block_size=32),
+             helper.make_node("MatMul", ["x_padded", "w"], ["y1"]), helper.make_node("MatMul", ["x_padded", "w"], ["y2"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "T", k]) for n, k in (("x", 40), ("y1", 16), ("y2", 16))]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], inits), opset_imports=[helper.make_opsetid("", 21)])
+    fused, counts = _fused(model)
+    assert counts == NONE | {"int4_unpad": 1} and not ops(fused, "Pad") and len(ops(fused, "DequantizeLinear")) == 1
+    assert [list(t.dims) for t in fused.graph.initializer if t.name == "w_int4"] == [[40, 16]]
+    feeds = {"x": rng.standard_normal((1, 5, 40)).astype(np.float32)}
+    for got, ref in zip(session(fused).run(None, feeds), session(model).run(None, feeds)):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_two_outputs_named_from_one_tensor_keep_both_names():
+    """Only the first Identity is dropped (its input takes the output's name); the second stays,
+    where onnx_ir's IdentityEliminationPass would leave one tensor under one of the two names."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["a"]),
+             helper.make_node("Identity", ["r"], ["b"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("x", "a", "b")]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:]), opset_imports=[helper.make_opsetid("", 21)])
+    fused, counts = _fused(model)
+    assert counts == NONE | {"output_identity": 1} and len(ops(fused, "Identity")) == 1
+    x = np.array([[-1, 2, -3], [4, -5, 6]], np.float32)
+    for got in session(fused).run(["a", "b"], {"x": x}):
+        np.testing.assert_array_equal(got, np.maximum(x, 0))

@@ -1,0 +1,1 @@
+"""Pattern rewrites for the cpu plan (ingot.builder.fuse_cpu applies them)."""
