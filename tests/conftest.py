@@ -40,6 +40,14 @@ def tree_digest(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def build(source, out: Path, **options):
+    """`ingot build` in-process, as the library: the written manifest, or the BuildError it raises."""
+    from ingot.builder.config import build_config
+    from ingot.builder.pipeline import build as run_build
+
+    return run_build(build_config(source=str(source), output=Path(out), **options))
+
+
 def built(source, out: Path, *extra: str) -> Path:
     proc = ingot("build", source, "--output", out, *extra)
     assert proc.returncode == 0, proc.stderr

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from ingot.plans import open_bundle
+from ingot.builder import VerificationError
+from ingot.plans import BundleError, open_bundle
 from ingot.plans.bundle import staging_leftovers
 from ingot.runtime import load
-from tests.conftest import assert_user_error, built, ingot, tree_digest
+from tests.conftest import assert_user_error, build, built, ingot, tree_digest
 
 
 def test_factory_bundle(cnn_bundle, tiny_cnn_py):
@@ -88,21 +89,24 @@ def test_another_target_is_added_then_merged(cnn_bundle, tiny_cnn_py, tmp_path):
     assert sorted(open_bundle(arm).manifest.targets) == ["cpu-aarch64", "cpu-x86_64"]
 
 
-def test_failed_build_leaves_previous_bundle(tiny_llama_dir, tmp_path):
-    out = built(tiny_llama_dir, tmp_path / "llama")
+def test_failed_build_leaves_previous_bundle(llama_bundle, tiny_llama_dir, tmp_path):
+    import shutil
+
+    out = shutil.copytree(llama_bundle, tmp_path / "llama")
     before = tree_digest(out)
-    proc = ingot("build", tiny_llama_dir, "-o", out, "--atol", "0", "--rtol", "0")
-    assert_user_error(proc, "verification failed:", "differs from torch", "--no-verify")
+    with pytest.raises(VerificationError, match="verification failed:.*differs from torch.*--no-verify"):
+        build(tiny_llama_dir, out, atol=0, rtol=0)
     assert tree_digest(out) == before and staging_leftovers(out) == []
 
 
 def test_other_model_into_existing_bundle(cnn_bundle, tiny_llama_dir, tmp_path):
     out = tmp_path / "cnn"
-    built(cnn_bundle / "targets/cpu-x86_64/model.onnx", out)
+    build(cnn_bundle / "targets/cpu-x86_64/model.onnx", out)
     before = tree_digest(out)
-    assert_user_error(ingot("build", tiny_llama_dir, "-o", out), "different model", "--overwrite")
+    with pytest.raises(BundleError, match="different model.*--overwrite"):
+        build(tiny_llama_dir, out, verify=False)
     assert tree_digest(out) == before
-    built(tiny_llama_dir, out, "--overwrite", "--no-verify")
+    build(tiny_llama_dir, out, overwrite=True, verify=False)
     assert open_bundle(out).manifest.model.kind == "causal-lm"
 
 

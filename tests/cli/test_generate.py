@@ -89,17 +89,35 @@ def test_chat_without_a_template_is_an_error(llama_bundle):
     assert_user_error(ingot("run", llama_bundle, "--prompt", "Hi", "--chat"), "no chat template")
 
 
-@pytest.mark.parametrize(("args", "fragments"), [
-    (("--prompts-file", "missing.txt"), ("--prompts-file", "not found")),
-    (("--prompt", "Hi", "--max-tokens", "0"), ("--max-tokens",)),
-    (("--prompt", "Hi", "--top-p", "0"), ("--top-p",)),
-    (("--prompt", "Hi", "--kv-cache-memory", "lots"), ("--kv-cache-memory",)),
-    (("--prompt", "Hi", "--kv-cache-memory", "1KiB"), ("KV cache", "max_model_len")),
-    (("--prompt", "fox " * 300), ("max_model_len",)),
-    (("--prompt", "Hi", "--text", "Hi"), ("--text",)),
-])
-def test_bad_generation_inputs_are_one_error_line(llama_bundle, tmp_path, args, fragments):
-    assert_user_error(ingot("run", llama_bundle, *args, cwd=tmp_path), *fragments)
+def test_bad_generation_options_are_refused(tmp_path):
+    from ingot.cli.generate import parse_memory, read_prompts, sampling_params
+    from ingot.runtime import InputError
+
+    with pytest.raises(InputError, match="--prompts-file: file not found"):
+        read_prompts([], tmp_path / "missing.txt")
+    with pytest.raises(InputError, match="--prompt: empty prompt"):
+        read_prompts([""], None)
+    with pytest.raises(InputError, match="--max-tokens"):
+        sampling_params(max_tokens=0)
+    with pytest.raises(InputError, match="--top-p"):
+        sampling_params(top_p=0)
+    with pytest.raises(InputError, match="--kv-cache-memory 'lots'"):
+        parse_memory("lots")
+    assert parse_memory("512MiB") == 512 * 2**20 and parse_memory("0.5") == 0.5
+
+
+def test_a_kv_cache_under_one_sequence_and_an_over_long_prompt_are_refused(llama_bundle):
+    from ingot.runtime import RunError
+    from ingot.runtime.llm import LLM, PromptTooLongError, load_runner
+
+    with pytest.raises(RunError, match="KV cache of 0 blocks.*max_model_len"):
+        load_runner(llama_bundle, kv_cache_memory=1024)
+    with pytest.raises(PromptTooLongError, match="max_model_len"):
+        LLM(llama_bundle, kv_cache_memory=1 << 20).generate(["fox " * 300])
+
+
+def test_generation_and_tensor_inputs_together_are_one_error_line(llama_bundle):
+    assert_user_error(ingot("run", llama_bundle, "--prompt", "Hi", "--text", "Hi"), "--text")
 
 
 def test_prompt_on_a_bundle_without_an_llm_plan_is_refused(cnn_bundle):

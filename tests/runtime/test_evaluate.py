@@ -46,12 +46,16 @@ def test_eval_matches_transformers(llama_bundle, tiny_llama_dir, tmp_path):
 
 
 def test_eval_bad_input(llama_bundle, bert_bundle, tmp_path):
-    (tmp_path / "t.txt").write_text(TEXT)
-    assert_user_error(ingot("eval", bert_bundle, "--text", tmp_path / "t.txt"), "needs a causal-LM bundle")
-    assert_user_error(ingot("eval", llama_bundle, "--text", tmp_path / "t.txt", "--window", "100000"), "--window 100000")
+    from ingot.runtime import InputError, RunError, load
+
+    with pytest.raises(RunError, match="needs a causal-LM bundle"):
+        load(bert_bundle).perplexity(TEXT)
+    llama = load(llama_bundle)
+    with pytest.raises(InputError, match="--window 100000"):
+        llama.perplexity(TEXT, window=100000)
+    with pytest.raises(InputError, match="perplexity needs at least 2"):
+        llama.perplexity("a")
     assert_user_error(ingot("eval", llama_bundle, "--text", tmp_path / "none.txt"), "file not found")
-    (tmp_path / "one.txt").write_text("a")
-    assert_user_error(ingot("eval", llama_bundle, "--text", tmp_path / "one.txt"), "perplexity needs at least 2")
 
 
 def test_padded_positions_are_left_out():
