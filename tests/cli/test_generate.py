@@ -155,6 +155,7 @@ def test_bench_refuses_a_workload_longer_than_the_plan(llama_bundle):
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_smollm2_chat_answers_paris_streamed_or_not(smollm2_bundle):
     args = ("run", smollm2_bundle, "--prompt", "What is the capital of France?", "--chat", "--max-tokens", "20")
     plain, streamed = ingot(*args), ingot(*args, "--stream")

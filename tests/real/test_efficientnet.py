@@ -6,7 +6,7 @@ import pytest
 from ingot.runtime import load
 from tests.conftest import ingot
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]  # each builds or loads a real model
 PHOTOS = ["chelsea", "coffee", "rocket", "astronaut"]
 
 

@@ -8,7 +8,7 @@ import pytest
 from ingot.runtime import load
 from tests.conftest import ingot
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]  # each builds or loads a real model
 SENTENCES = [
     "A man is eating food.",
     "A man is eating a piece of bread.",

@@ -6,7 +6,7 @@ import pytest
 from ingot.plans import open_bundle
 from ingot.runtime import load
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]  # each builds or loads a real model
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village by the sea,"]
 
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from ingot.runtime.llm.batch import pack_step
 from ingot.runtime.llm import (
     FinishReason,
     QueueFullError,
@@ -14,6 +13,7 @@ from ingot.runtime.llm import (
     Sequence,
     SequenceStatus,
 )
+from ingot.runtime.llm.batch import pack_step
 
 
 def make(num_blocks=64, **config) -> Scheduler:
