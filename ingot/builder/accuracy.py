@@ -2,11 +2,13 @@
 
 Causal LMs: perplexity (and its increase) and top-1 token agreement over full windows.
 Encoders: cosine similarity of every float output. Classifiers: top-1 agreement (and cosine).
-A gate that fails stops the build (nothing is written) with the figures in the message.
+A gate that fails stops the build (nothing is written) with the figures in the message, what
+may make the plan more accurate, and the option values that would accept it as it is.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,14 +72,32 @@ def failures(metrics: dict[str, float], gates: Gates) -> list[str]:
     return out
 
 
+def accepting(metrics: dict[str, float], gates: Gates) -> list[str]:
+    """The options (given gates replace the defaults) under which these figures pass."""
+    out = []
+    if gates.max_ppl_increase is not None and metrics.get("ppl_increase_pct", -math.inf) > gates.max_ppl_increase:
+        out.append(f"--max-ppl-increase {math.ceil(metrics['ppl_increase_pct'])}")
+    if gates.min_cosine is not None and metrics["cosine_min"] < gates.min_cosine:
+        out.append(f"--min-cosine {math.floor(100 * metrics['cosine_min']) / 100:g}")
+    if gates.min_top1 is not None and metrics.get("top1_agreement", math.inf) < gates.min_top1:
+        out.append(f"--min-top1 {math.floor(100 * metrics['top1_agreement']) / 100:g}")
+    return out
+
+
 def gate(
     kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool,
-    gates: Gates, ran_on: str, data: str, mask: str | None = None,
+    gates: Gates, ran_on: str, data: str, mask: str | None = None, advice: str | None = None,
 ) -> Verification:
+    """The Verification of a plan that passes `gates`; VerificationError naming the options
+    that would help (`advice`) or accept the plan, if it does not."""
     metrics = measure(kind, ref, quant, held_out, perplexity, mask)
     failed = failures(metrics, gates)
     if failed:
-        raise VerificationError(f"accuracy gate failed: {'; '.join(failed)} ({summarize(metrics)} on {data})")
+        better = f"for a more accurate plan try {advice}; " if advice else ""
+        raise VerificationError(
+            f"accuracy gate failed: {'; '.join(failed)} ({summarize(metrics)} on {data}); "
+            f"{better}to accept this one, pass {' '.join(accepting(metrics, gates))}"
+        )
     return Verification(
         reference="unquantized plan", ran_on=ran_on, passed=True, samples=sum(len(next(iter(f.values()))) for f in held_out),
         metrics=metrics, gates=gates.as_dict(), data=data,

@@ -7,12 +7,17 @@
   (for mixed precision toward a target) are front rows not picked for calibration: AWQ and
   GPTQ fit the calibration rows, so scoring their plan on them would flatter it.
 - `.npz` (any model): named input arrays with the batch on axis 0, split the same way.
+
+Without `--calib`, a causal LM's accuracy gate scores `GATE_TEXT` (`gate_text.txt` in this
+package: chapter I of Lewis Carroll's "Alice's Adventures in Wonderland", Project Gutenberg
+eBook #11, public domain), which no quantizer ever fits on.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ HELD_OUT_FRACTION = 0.2
 MAX_HELD_OUT = 8
 MAX_CHECK = 64
 _ROWS_PER_FEED = 8
+GATE_TEXT = "gate_text.txt"
 
 
 class CalibrationError(BuildError):
@@ -62,6 +68,18 @@ def load_calibration(path: Path, loaded: LoadedModel, samples: int, seq_len: int
         raise CalibrationError(f"unsupported calibration file type {suffix or '(none)'!r}: {path} (expected .txt, .jsonl or .npz)")
     rows = sum(next(iter(f.values())).shape[0] for f in calib)
     return CalibData(calib, held, check, path.name, sha256_file(path), fmt, rows, length)
+
+
+def gate_text_feeds(loaded: LoadedModel, seq_len: int) -> list[dict[str, np.ndarray]]:
+    """The built-in gate text as causal-LM windows of `seq_len` tokens, at most MAX_HELD_OUT
+    of them (as many as the held-out rows of a calibration file), one per feed: a paged plan
+    packs a feed's rows into one sequence, and its rotary tables hold `seq_len` (<= the
+    plan's max_model_len) positions, not more; [] if not one window fits."""
+    assert loaded.kind == "causal-lm" and loaded.tokenizer is not None
+    text = resources.files("ingot.builder").joinpath(GATE_TEXT).read_text(encoding="utf-8")
+    ids = np.array(loaded.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    rows = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)][:MAX_HELD_OUT]
+    return [feed for row in rows for feed in _feeds(row[None], loaded)]
 
 
 def _read_text(path: Path) -> str:

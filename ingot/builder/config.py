@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ingot.builder.errors import BuildError
-
 from ingot.builder.export import DEFAULT_OPSET
 
 
@@ -27,7 +26,7 @@ class BuildConfig(BaseModel):
     overwrite: bool = False
     # quantization (ingot/quant): the spec is validated by QuantSpec
     quant: Literal["none", "fp8", "int4", "int4-awq"] = "none"
-    block_size: int = 128
+    block_size: int | None = None  # INT4 (None: 32 for --quant int4 on causal LMs, else 128: quantize.kind_defaults)
     exclude: list[str] = []
     calib: Path | None = None
     calib_samples: int = Field(32, ge=1)
@@ -36,8 +35,8 @@ class BuildConfig(BaseModel):
     accuracy_level: int = Field(4, ge=0, le=4)
     quant_lm_head: bool = False
     massive_ratio: float = Field(100.0, ge=0)  # FP8 and int4-awq: 0 turns the massive-activation rule off
-    kv_float: bool = True  # int4-awq: attention key/value projections stay out of INT4
-    recipe_precision: Literal["float", "int8"] = "float"  # int4-awq: the layers its recipe keeps out of INT4
+    kv_float: bool | None = None  # int4, int4-awq: k/v projections stay out of INT4 (None: quantize.kind_defaults)
+    recipe_precision: Literal["float", "int8"] = "float"  # int4, int4-awq: the layers their recipe keeps out of INT4
     keep_sensitive: int = Field(0, ge=0)  # this many most sensitive layers stay float (0: off)
     # the fewest most sensitive layers stay float to keep this cosine on the calibration data;
     # None: the kind's default (quantize.kind_defaults) unless keep_sensitive is given, 0: off
@@ -45,7 +44,7 @@ class BuildConfig(BaseModel):
     target_top1: float | None = Field(None, ge=0, le=1)  # the same for the logits' top-1 agreement
     gptq: bool | None = None  # int4-awq: GPTQ rounding, or round to nearest (None: the kind's default, quantize.kind_defaults)
     float_weights: Literal["fp16", "fp32"] | None = None  # storage of the float weights (None: the scheme's default)
-    # accuracy gate (quantized builds): None turns a gate off
+    # accuracy gate (quantized builds): any given replaces the kind's defaults (quantize.DEFAULT_GATES)
     max_ppl_increase: float | None = Field(None, ge=0)
     min_cosine: float | None = Field(None, ge=-1, le=1)
     min_top1: float | None = Field(None, ge=0, le=1)

@@ -14,14 +14,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ingot.quant.errors import QuantError
-from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, SmoothChoice
+from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer
 from ingot.quant.spec import QuantSpec
 
 if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-__all__ = ["AwqChoice", "QuantError", "QuantReport", "QuantSpec", "SkippedLayer", "SmoothChoice", "quantize"]
+__all__ = ["AwqChoice", "QuantError", "QuantReport", "QuantSpec", "SkippedLayer", "quantize"]
 
 
 def quantize(
@@ -62,10 +62,8 @@ def quantize(
         from ingot.quant.calibrate import MAX_VALUES, calibrate
         from ingot.quant.fp8 import fp8_activations, quantize_fp8
 
-        # rows for the smoothing search (max calibration only), |x| values for percentiles
-        percentile = spec.calib_method == "percentile"
-        rows, values = (0, MAX_VALUES) if percentile else (spec.search_rows if spec.smooth else 0, 0)
-        stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=rows, max_values=values)
+        values = MAX_VALUES if spec.calib_method == "percentile" else 0  # a sample of |x| for percentiles
+        stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=0, max_values=values)
         qmodel, report = quantize_fp8(model, spec, stats, [*calib_feeds, *(check_feeds or [])])
     return _stored(qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)}), spec)
 

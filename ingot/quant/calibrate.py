@@ -26,7 +26,6 @@ class TensorStats:
     absmax: float  # max |x|, exact
     abs_sample: np.ndarray  # (<= MAX_VALUES,) float32 sample of |x|
     channel_mean_abs: np.ndarray  # (C,) mean |x| per channel over every row, exact
-    channel_absmax: np.ndarray  # (C,) max |x| per channel over every row, exact
     rows: np.ndarray  # (<= max_rows, C) float32 sample of rows
     count: int  # rows seen
     # (C, C) float64 sum over every row of x^T x / |x|^2: the Gram matrix of the rows scaled to
@@ -95,7 +94,6 @@ class _Accumulator:
         self.gram: np.ndarray | None = None  # (C, C) float64, when `gram`
         self.want_gram = gram
         self.sum_abs: np.ndarray | None = None  # (C,) float64
-        self.max_abs: np.ndarray | None = None  # (C,) float32
         self.count = 0
         self.rows = _Reservoir(max_rows)
         self.values = _Reservoir(max_values)
@@ -108,8 +106,6 @@ class _Accumulator:
         self.absmax = max(self.absmax, float(a.max()))
         sums = a.sum(axis=0, dtype=np.float64)
         self.sum_abs = sums if self.sum_abs is None else self.sum_abs + sums
-        peak = a.max(axis=0)
-        self.max_abs = peak if self.max_abs is None else np.maximum(self.max_abs, peak)
         self.count += rows.shape[0]
         if self.want_gram:
             unit = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-30)
@@ -124,7 +120,6 @@ class _Accumulator:
             absmax=self.absmax,
             abs_sample=self.values.items(),
             channel_mean_abs=(self.sum_abs / self.count).astype(np.float32),
-            channel_absmax=self.max_abs,
             rows=self.rows.items(),
             count=self.count,
             gram=self.gram,

@@ -7,9 +7,6 @@ Activations get one per-tensor scale from calibration (TensorRT takes no per-cha
 activation scales); weights a per-output-channel scale. Q/DQ go only on the inputs of
 layers with a constant weight: never on attention-score MatMuls, masks, gathers, norms or
 softmax. One Q/DQ pair per activation tensor, shared by the layers that read it.
-
-With `spec.smooth` each group of MatMuls sharing X is first smoothed (smooth.py): X / s
-(folded into X's producer where exact, scaling.py) feeds the Q/DQ, s W the weight DQ.
 """
 
 from __future__ import annotations
@@ -18,15 +15,13 @@ import ml_dtypes
 import numpy as np
 import onnx
 
-from ingot.quant import smooth
 from ingot.quant.calibrate import TensorStats
 from ingot.quant.errors import QuantError
 from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
 from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import fp8_activation_scale, fp8_quantize_channels
-from ingot.quant.report import QuantReport, SkippedLayer, SmoothChoice, skip_warnings
-from ingot.quant.scaling import move_inverse, shared_weights
+from ingot.quant.report import QuantReport, SkippedLayer, skip_warnings
 from ingot.quant.sensitivity import Target, mixed
 from ingot.quant.spec import QuantSpec
 
@@ -88,90 +83,50 @@ def _quantize_fp8(
     edit = GraphEditor(model)
     amax: dict[str, float] = {}
     quantized: list[Layer] = []
-    scales: dict[str, np.ndarray] = {}  # weight → s for its rows (smoothing)
-    choices: list[SmoothChoice] = []
-    groups = by_activation(layers)
-    shared = shared_weights(groups)
-    # last to first: a fold rescales a weight upstream of its X (down_proj's 1/s into up_proj's
-    # columns), so every group is searched on its final weights
-    for x, group in reversed(groups.items()):
+    for x, group in reversed(by_activation(layers).items()):  # last to first: any order is exact, this is the plans' own
         a = stats[x].absmax if spec.calib_method == "max" else stats[x].percentile(spec.percentile)
         if not np.isfinite(a):
             reason = f"activation {x} has no finite range"
             skipped += [SkippedLayer(name=layer.name, reason=reason, warn=True) for layer in group]
             continue
-        if _smoothable(spec, group, shared):
-            a, choice = _smooth(edit, x, group, stats[x], spec, scales)
-            choices.append(choice)
         amax[x] = a
         _quantize_activation(edit, x, group, fp8_activation_scale(a))
         quantized += group
     if not quantized:
         raise QuantError(f"--quant fp8: no layer could be quantized ({skipped[0].reason})")
-    before, after = _quantize_weights(edit, quantized, scales)
+    before, after = _quantize_weights(edit, quantized)
     done = set(quantized)
     edit.finish()
     report = QuantReport(
         scheme="fp8", exclude=spec.effective_exclude, quantized=[layer.name for layer in layers if layer in done],
         skipped=skipped, warnings=skip_warnings(skipped), activation_amax=dict(reversed(amax.items())),
-        smoothing=choices[::-1],
         session_config=dict(CPU_SESSION_CONFIG), weight_bytes_before=before, weight_bytes_after=after,
     )
     return model, report
 
 
-def _smoothable(spec: QuantSpec, group: list[Layer], shared: set[str]) -> bool:
-    """Smoothing needs max calibration (a percentile of X / s is unknown), MatMul weights
-    [K, N] (s scales rows) and weights no other group reads (one s per weight)."""
-    return (
-        spec.smooth and spec.calib_method == "max" and all(layer.op == "MatMul" for layer in group)
-        and not shared & {layer.weight for layer in group}
-    )
-
-
-def _smooth(
-    edit: GraphEditor, x: str, group: list[Layer], st: TensorStats, spec: QuantSpec, scales: dict[str, np.ndarray]
-) -> tuple[float, SmoothChoice]:
-    """Search s for the group; when not 1, move 1/s onto X and record s for the weights.
-    Returns X / s's range and the choice."""
-    weights = [edit.array(layer.weight) for layer in group]  # after any fold into their columns
-    result = smooth.search(st.rows, st.channel_absmax, weights, spec.smooth_alphas)
-    scaling = "none"
-    if result.alpha is not None:
-        scaling = move_inverse(edit, x, group, (1.0 / result.scale).astype(weights[0].dtype), "smooth")
-        scales.update({layer.weight: result.scale for layer in group})
-    choice = SmoothChoice(
-        activation=x, layers=[layer.name for layer in group], alpha=result.alpha, scaling=scaling,
-        error_plain=result.error_plain, error_smooth=result.error,
-    )
-    return result.amax, choice
-
-
 def _quantize_activation(edit: GraphEditor, x: str, group: list[Layer], scale: float) -> None:
-    """X → Q → DQ, feeding the layers of `group` (other readers of X keep the float X). `x`
-    names the Q/DQ; they read what the layers read now (X / s after an explicit smoothing Mul)."""
+    """X → Q → DQ, feeding the layers of `group` (other readers of X keep the float X)."""
     dtype = edit.dtype(group[0].weight)  # the layer's float type: X's too
     s = edit.add_initializer(f"{x}_scale", np.array(scale, dtype=dtype))
     zero = edit.add_initializer(f"{x}_zero_point", np.array(0, dtype=ml_dtypes.float8_e4m3fn))
     where, name = group[0].index, scope(group[0].name)
-    source = edit.node(where).input[0]  # X, or the explicit smoothing Mul's X / s
-    q = edit.insert(where, "QuantizeLinear", [source, s, zero], f"{x}_fp8", f"{name}/input_QuantizeLinear")
+    q = edit.insert(where, "QuantizeLinear", [x, s, zero], f"{x}_fp8", f"{name}/input_QuantizeLinear")
     dq = edit.insert(where, "DequantizeLinear", [q, s, zero], f"{x}_dq", f"{name}/input_DequantizeLinear")
     for layer in group:
         edit.set_input(layer.index, 0, dq)
 
 
-def _quantize_weights(edit: GraphEditor, layers: list[Layer], scales: dict[str, np.ndarray]) -> tuple[int, int]:
-    """Each (weight, channel axis) once, smoothed (rows times s) where `scales` says: fp8
-    initializer → DequantizeLinear(axis). Returns bytes (float before, fp8 + scales after)."""
+def _quantize_weights(edit: GraphEditor, layers: list[Layer]) -> tuple[int, int]:
+    """Each (weight, channel axis) once: fp8 initializer → DequantizeLinear(axis). Returns
+    bytes (float before, fp8 + scales after)."""
     users: dict[tuple[str, int], list[Layer]] = {}
     for layer in sorted(layers, key=lambda layer: layer.index):  # the first reader comes first
         users.setdefault((layer.weight, layer.out_axis), []).append(layer)
     before = after = 0
     for (weight, axis), group in users.items():
         w = edit.array(weight)
-        s = scales.get(weight)
-        q, scale = fp8_quantize_channels(w if s is None else (w * s[:, None]).astype(w.dtype), axis)
+        q, scale = fp8_quantize_channels(w, axis)
         edit.dequantize_weight(weight, q, scale, "fp8", [layer.index for layer in group], group[0].name, axis=axis)
         before += w.nbytes
         after += q.nbytes + scale.nbytes

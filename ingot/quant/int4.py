@@ -4,11 +4,10 @@
                          scale [K/bs, N] ┴─ DequantizeLinear(axis=0, block_size=bs) ─▶ MatMul
 
 Symmetric, no zero point (TensorRT requires zero point 0). int4-awq first rescales each
-group of layers sharing X (awq.py, 1/s moved onto X by scaling.py), optionally clips the
-scaled weights per (block, output channel) (clip.py), then rounds them with GPTQ (gptq.py)
-under the Hessian of the scaled input X / s, or to nearest with `gptq=False`; int4 is
-round-to-nearest (RTN). ONNX Runtime fuses the pair into `com.microsoft.MatMulNBits` at
-ENABLE_EXTENDED and above, which is the CPU speed path.
+group of layers sharing X (awq.py, 1/s moved onto X by scaling.py), then rounds the scaled
+weights with GPTQ (gptq.py) under the Hessian of the scaled input X / s, or to nearest with
+`gptq=False`; int4 is round-to-nearest (RTN). ONNX Runtime fuses the pair into
+`com.microsoft.MatMulNBits` at ENABLE_EXTENDED and above, which is the CPU speed path.
 
 A weight whose K is not a multiple of the block size (SmolLM2's hidden size 576 at block
 128) is zero-padded to whole blocks, K', and its activation gets one `Pad` to K' (shared by
@@ -28,7 +27,6 @@ import onnx
 
 from ingot.quant import awq
 from ingot.quant.calibrate import TensorStats
-from ingot.quant.clip import ClipResult, clip_ratios, search_clip
 from ingot.quant.errors import QuantError
 from ingot.quant.gptq import act_order, gptq_quantize, inverse_cholesky
 from ingot.quant.graph import GraphEditor, prepared_copy, scope
@@ -71,13 +69,9 @@ def quantize_int4(
     if spec.scheme == "int4-awq" and stats is None:
         raise QuantError("--quant int4-awq needs calibration data: pass --calib FILE")
     layers, skipped = int4_layers(model, spec)
-    int8: list[SkippedLayer] = []
-    if spec.scheme == "int4-awq":
-        layers, kept = _recipe_float(layers, spec, stats)
-        if spec.recipe_precision == "int8":
-            int8 = kept
-        else:
-            skipped = skipped + kept
+    layers, kept = _recipe_float(layers, spec, stats)
+    int8 = kept if spec.recipe_precision == "int8" else []
+    skipped = skipped if int8 else skipped + kept
     rtn = spec.model_copy(update={"scheme": "int4"})
     lone = lambda layer: _quantize_int4(model, rtn, None, [layer], skipped)  # noqa: E731
 
@@ -87,11 +81,12 @@ def quantize_int4(
 
 
 def _recipe_float(
-    layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats]
+    layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats] | None
 ) -> tuple[list[Layer], list[SkippedLayer]]:
-    """int4-awq's own mixed precision: its patterns (the k/v projections) and the layers whose
-    input has massive activations stay out of INT4: INT8 weight-only (spec.recipe_precision),
-    or float, stored as the plan's other float weights are (fp16 by default: half.py)."""
+    """The INT4 recipe's own mixed precision: its patterns (the k/v projections) and, with
+    calibration `stats` (int4-awq), the layers whose input has massive activations stay out of
+    INT4: INT8 weight-only (spec.recipe_precision), or float, stored as the plan's other float
+    weights are (fp16 by default: half.py)."""
     patterns, kept, rest = spec.float_patterns, [], []
     for layer in layers:
         why = next((why for p, why in patterns.items() if fnmatch(layer.name, p)), None)
@@ -99,6 +94,8 @@ def _recipe_float(
             rest.append(layer)
         else:
             kept.append(SkippedLayer(name=layer.name, reason=why))
+    if stats is None:  # round-to-nearest: no calibration statistics
+        return rest, kept
     rest, massive = keep_massive(rest, stats, spec.massive_ratio)
     return rest, kept + massive
 
@@ -140,7 +137,7 @@ def _quantize_weights(
     rounded: dict[str, tuple[np.ndarray, np.ndarray]], spec: QuantSpec,
 ) -> tuple[int, int]:
     """Each weight once: int4 + scale → DequantizeLinear, read by all its layers. The int4 +
-    scale come from `rounded` (GPTQ) or RTN of the `prepared` W (AWQ: scaled, clipped) or of W.
+    scale come from `rounded` (GPTQ) or RTN of the `prepared` W (AWQ: scaled) or of W.
     Returns bytes (float before, packed int4 + scales after)."""
     before = after = 0
     for weight, users in _by_weight(layers).items():
@@ -237,7 +234,7 @@ def _scaled_gram(st: TensorStats, s: np.ndarray | None) -> np.ndarray:
 def _apply_awq(
     edit: GraphEditor, layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats] | None
 ) -> tuple[dict[str, np.ndarray], list[AwqChoice], dict[str, np.ndarray]]:
-    """Per activation group: search a scale, move 1/s onto X, clip the scaled weights.
+    """Per activation group: search a scale, move 1/s onto X, scale the weights' rows by s.
     Returns {weight: the float [K, N] array to round}, what was chosen, and {X: s} where s != 1.
 
     Groups go last to first: a fold rescales a weight upstream of its X (down_proj's 1/s
@@ -250,8 +247,8 @@ def _apply_awq(
         if shared & {layer.weight for layer in group}:  # one scale per weight: plain RTN there
             choices.append(AwqChoice(activation=x, layers=[layer.name for layer in group], alpha=0.0, scaling="none"))
             continue
-        clipped, choice, s = _awq_group(edit, x, group, stats[x], spec)
-        prepared.update({name: c.weight for name, c in clipped.items()})
+        scaled, choice, s = _awq_group(edit, x, group, stats[x], spec)
+        prepared.update(scaled)
         choices.append(choice)
         if choice.scaling != "none":
             scales[x] = s
@@ -260,34 +257,18 @@ def _apply_awq(
 
 def _awq_group(
     edit: GraphEditor, x: str, group: list[Layer], st: TensorStats, spec: QuantSpec
-) -> tuple[dict[str, ClipResult], AwqChoice, np.ndarray]:
-    """One group's clipped weights, choice and scale s (moved onto X when not 1: X W = (X / s)(s W))."""
+) -> tuple[dict[str, np.ndarray], AwqChoice, np.ndarray]:
+    """One group's scaled weights {weight: W * s}, choice and scale s (moved onto X when not 1:
+    X W = (X / s)(s W))."""
     weights = [edit.array(layer.weight) for layer in group]  # after any fold into their columns
-    rows = awq.unit_rows(st.rows)
-    result = awq.search(rows, st.channel_mean_abs, weights, spec.block_for(group[0].name), spec.awq_alphas, spec.awq_duo)
+    result = awq.search(awq.unit_rows(st.rows), st.channel_mean_abs, weights, spec.block_for(group[0].name), spec.awq_alphas)
     scaling = "none"
     if not np.all(result.scale == 1):
         scaling = move_inverse(edit, x, group, (1.0 / result.scale).astype(weights[0].dtype), "awq")
-    clipped = _clip_group(edit, group, rows, result.scale, spec)
-    ratios = np.concatenate([c.ratio.ravel() for c in clipped.values()])
+    # move_inverse folds 1/s into X's producer and other readers' weights, never into these
+    scaled = {layer.weight: (w * result.scale[:, None]).astype(w.dtype) for layer, w in zip(group, weights)}
     choice = AwqChoice(
-        activation=x, layers=[layer.name for layer in group], alpha=result.alpha, duo=result.duo,
-        scaling=scaling, error_rtn=result.error_rtn, error_awq=result.error,
-        # clip's errors are the same sums, rounded differently: equal to error_awq up to rounding at r = 1
-        error_clip=min(result.error, sum(c.error for c in clipped.values())),
-        clip_mean=float(ratios.mean()), clip_min=float(ratios.min()), clipped=float((ratios < 1).mean()),
+        activation=x, layers=[layer.name for layer in group], alpha=result.alpha, scaling=scaling,
+        error_rtn=result.error_rtn, error_awq=result.error,
     )
-    return clipped, choice, result.scale
-
-
-def _clip_group(
-    edit: GraphEditor, group: list[Layer], rows: np.ndarray, s: np.ndarray, spec: QuantSpec
-) -> dict[str, ClipResult]:
-    """Clip search for each weight of a group, on the scaled problem (X / s, W * s); with
-    clipping off, ratio 1 only (the weights are just scaled)."""
-    ratios = clip_ratios(spec.clip_min, spec.clip_steps if spec.awq_clip else 1)
-    out = {}
-    for layer in group:
-        w = edit.array(layer.weight)  # after any fold into its columns
-        out[layer.weight] = search_clip((w * s[:, None]).astype(w.dtype), rows / s, spec.block_for(layer.name), ratios)
-    return out
+    return scaled, choice, result.scale

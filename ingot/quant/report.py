@@ -23,28 +23,12 @@ class AwqChoice(_Frozen):
     activation: str  # the shared input tensor X
     layers: list[str]  # node names, e.g. the q/k/v projections
     alpha: float  # s = mean|X|^alpha per input channel; 0 = plain RTN
-    duo: bool = False  # s = mean|X|^alpha / mean|W|^(1 - alpha) (AutoAWQ's duo scaling)
     scaling: Literal["folded", "explicit", "none"]  # 1/s folded into X's producer, a new Mul, or s = 1
     # sums over layers of ||X W - X Q(W)||^2 on the calibration rows scaled to unit norm
     # (awq.unit_rows), W as quantized (after any fold of a later group's 1/s into its output
     # columns); 0 for a group left alone
     error_rtn: float = 0.0
     error_awq: float = 0.0  # the same with the chosen scale; <= error_rtn
-    error_clip: float = 0.0  # the same after weight clipping; <= error_awq
-    clip_mean: float = 1.0  # mean clip ratio over the group's (block, output channel) entries
-    clip_min: float = 1.0  # smallest clip ratio chosen
-    clipped: float = 0.0  # share of (block, output channel) entries with a ratio < 1
-
-
-class SmoothChoice(_Frozen):
-    """FP8 smoothing for the layers that share one activation input (SmoothQuant)."""
-
-    activation: str  # the shared input tensor X
-    layers: list[str]  # node names
-    alpha: float | None  # s = max|X|^alpha / max|W|^(1 - alpha); None = no smoothing
-    scaling: Literal["folded", "explicit", "none"]  # 1/s folded into X's producer, a new Mul, or none
-    error_plain: float  # sum over layers of ||X W - Q8(X) Q8(W)||^2 on the calibration rows
-    error_smooth: float  # the same with X / s and s W; <= error_plain
 
 
 class QuantReport(_Frozen):
@@ -60,8 +44,7 @@ class QuantReport(_Frozen):
     rounding: Literal["nearest", "gptq"] | None = None  # INT4: round-to-nearest, or GPTQ (int4-awq)
     gptq_damp: float | None = None  # GPTQ: fraction of mean(diag H) added to H's diagonal
     gptq_act_order: bool | None = None  # GPTQ: channels rounded by decreasing H_kk
-    activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor (X / s if smoothed)
-    smoothing: list[SmoothChoice] = []  # FP8: per activation group
+    activation_amax: dict[str, float] = {}  # FP8: calibrated range per quantized activation tensor
     calib_samples: int = 0  # feed dicts used for calibration
     # mixed precision toward a target (sensitivity.py): the targets, and what was reached on
     # the check feeds (sensitivity.score), before any fp16 storage of the float weights

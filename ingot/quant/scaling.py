@@ -1,7 +1,7 @@
-"""Per-input-channel rescaling of a layer group, shared by AWQ (INT4) and SmoothQuant (FP8).
+"""Per-input-channel rescaling of a layer group, for AWQ (INT4).
 
 For the layers that read one activation X [.., K], X W = (X / s)(s W) for any s > 0 [K]:
-the passes put s into the weights (row k of every W times s_k) and 1/s onto X here, in the
+int4.py puts s into the weights (row k of every W times s_k) and 1/s onto X here, in the
 cheapest exact form available:
 
 1. folded into X's producer `Mul(y, c)` with a constant c (the RMSNorm gamma): c / s;
@@ -29,7 +29,7 @@ Scaling = Literal["folded", "explicit"]
 def move_inverse(edit: GraphEditor, x: str, group: list[Layer], inv: np.ndarray, tag: str) -> Scaling:
     """Apply X → X * inv ([K], inv = 1/s) for `group`, folded when exact (see above).
 
-    `tag` names new tensors and nodes (`awq`, `smooth`). The caller scales the weights."""
+    `tag` names new tensors and nodes (`awq`). The caller scales the weights."""
     others = _float_readers(edit, x, group, inv.shape[0])
     if others is not None and (_fold_constant(edit, x, inv, tag) or _fold_matmul(edit, x, inv)):
         for v in others:  # X V = (X / s)(s V)

@@ -1,4 +1,6 @@
-"""`ingot build --quant`: spec in the manifest, calibration files, the accuracy gate, bad input."""
+"""`ingot build --quant`: spec in the manifest, calibration files, the accuracy gate, bad input.
+
+The quantized tiny Llamas are built from one fp32 bundle (`llama_bundle`), not re-exported."""
 
 import json
 
@@ -8,7 +10,7 @@ import pytest
 from ingot.plans import open_bundle
 from ingot.plans.bundle import staging_leftovers
 from ingot.runtime import load
-from tests.conftest import assert_user_error, built, ingot, tree_digest
+from tests.conftest import assert_user_error, build, built, ingot, tree_digest
 from tests.models import TEXT
 
 NO_MATMUL = '''
@@ -32,8 +34,8 @@ def calib_txt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def awq_bundle(tiny_llama_dir, calib_txt, tmp_path_factory):
-    return built(tiny_llama_dir, tmp_path_factory.mktemp("q") / "awq", "--quant", "int4-awq", "--block-size", "32",
+def awq_bundle(llama_bundle, calib_txt, tmp_path_factory):
+    return built(llama_bundle, tmp_path_factory.mktemp("q") / "awq", "--quant", "int4-awq", "--block-size", "32",
                  "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
 
 
@@ -54,7 +56,7 @@ def test_int4_awq_manifest_and_gate(awq_bundle):
     assert v.reference == "unquantized plan" and v.passed
     assert {"perplexity", "perplexity_ref", "ppl_increase_pct", "top1_agreement", "cosine_min"} <= set(v.metrics)
     assert v.metrics["cosine_min"] > 0.95
-    assert v.gates == {"max_ppl_increase_pct": 50.0, "min_cosine": 0.9}  # the defaults
+    assert v.gates == {"max_ppl_increase_pct": 50.0, "min_top1": 0.5}  # the causal-LM defaults
 
 
 def test_inspect_shows_the_spec(awq_bundle):
@@ -72,15 +74,15 @@ def test_int4_bundle_runs_close_to_fp32(awq_bundle, llama_bundle):
     assert cos.min() > 0.95
 
 
-def test_no_gptq_rounds_to_nearest(tiny_llama_dir, calib_txt, tmp_path):
-    out = built(tiny_llama_dir, tmp_path / "nearest", "--quant", "int4-awq", "--block-size", "32", "--no-gptq",
+def test_no_gptq_rounds_to_nearest(llama_bundle, calib_txt, tmp_path):
+    out = built(llama_bundle, tmp_path / "nearest", "--quant", "int4-awq", "--block-size", "32", "--no-gptq",
                 "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
     q = open_bundle(out).manifest.quantization
     assert q.scheme == "int4-awq" and q.rounding == "nearest" and not any("GPTQ" in n for n in q.notes)
 
 
-def test_every_layer_int4_and_fp32_float_weights_when_asked(tiny_llama_dir, calib_txt, awq_bundle, tmp_path):
-    out = built(tiny_llama_dir, tmp_path / "all", "--quant", "int4-awq", "--block-size", "32", "--no-kv-float",
+def test_every_layer_int4_and_fp32_float_weights_when_asked(llama_bundle, calib_txt, awq_bundle, tmp_path):
+    out = built(llama_bundle, tmp_path / "all", "--quant", "int4-awq", "--block-size", "32", "--no-kv-float",
                 "--float-weights", "fp32", "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
     q = open_bundle(out).manifest.quantization
     assert q.layers_quantized == 14 and set(q.layers_skipped) == {"lm_head/MatMul"} and q.float_weights == "fp32"
@@ -89,8 +91,8 @@ def test_every_layer_int4_and_fp32_float_weights_when_asked(tiny_llama_dir, cali
     assert sizes[0] < sizes[1]  # fp16 float weights, though the k/v projections are float there
 
 
-def test_recipe_layers_as_int8_are_listed_and_shown(tiny_llama_dir, calib_txt, tmp_path):
-    out = built(tiny_llama_dir, tmp_path / "i8", "--quant", "int4-awq", "--block-size", "32", "--recipe-precision", "int8",
+def test_recipe_layers_as_int8_are_listed_and_shown(llama_bundle, calib_txt, tmp_path):
+    out = built(llama_bundle, tmp_path / "i8", "--quant", "int4-awq", "--block-size", "32", "--recipe-precision", "int8",
                 "--calib", calib_txt, "--calib-seq-len", "32", "--calib-samples", "8")
     q = open_bundle(out).manifest.quantization
     kv = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
@@ -98,30 +100,78 @@ def test_recipe_layers_as_int8_are_listed_and_shown(tiny_llama_dir, calib_txt, t
     assert "int8 model.layers.0.self_attn.k_proj/MatMul: attention key/value projection" in ingot("inspect", out).stdout
     for flag, value in (("--recipe-precision", "int3"), ("--float-weights", "fp64"), ("--target-cosine", "1.5"),
                         ("--target-top1", "-0.1")):
-        assert_user_error(ingot("build", tiny_llama_dir, "--quant", "int4", flag, value, "-o", tmp_path / "bad"), flag)
+        assert_user_error(ingot("build", llama_bundle, "--quant", "int4", flag, value, "-o", tmp_path / "bad"), flag)
     assert not (tmp_path / "bad").exists()
 
 
-def test_fp8_needs_calibration_and_records_cpu_settings(tiny_llama_dir, calib_txt, tmp_path):
-    assert_user_error(ingot("build", tiny_llama_dir, "--quant", "fp8", "-o", tmp_path / "x"), "needs calibration data")
+def test_fp8_needs_calibration_and_records_cpu_settings(llama_bundle, calib_txt, tmp_path):
+    assert_user_error(ingot("build", llama_bundle, "--quant", "fp8", "-o", tmp_path / "x"), "needs calibration data")
     assert not (tmp_path / "x").exists()
-    out = built(tiny_llama_dir, tmp_path / "fp8", "--quant", "fp8", "--calib", calib_txt, "--calib-seq-len", "32")
+    out = built(llama_bundle, tmp_path / "fp8", "--quant", "fp8", "--calib", calib_txt, "--calib-seq-len", "32")
     m = open_bundle(out).manifest
     assert m.precision == "fp8" and m.quantization.calibration.method == "max"
     assert m.targets["cpu-x86_64"].session_config["session.disable_quant_qdq"] == "1"
     assert "FP8 speed needs a GPU target" in ingot("inspect", out).stdout
 
 
-def test_rtn_needs_no_calibration(tiny_llama_dir, tmp_path):
-    out = built(tiny_llama_dir, tmp_path / "rtn", "--quant", "int4", "--block-size", "32", "--exclude", "*.mlp.down_proj*")
-    q = open_bundle(out).manifest.quantization
-    assert q.calibration is None and q.layers_quantized == 12 and q.rounding == "nearest"
+KV = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
+
+
+def test_plain_int4_on_a_causal_lm_passes_the_default_gate_on_the_built_in_text(llama_bundle, tmp_path):
+    """No flag but --quant int4: round to nearest at block 32 with the k/v projections float
+    (no calibration needed), judged by perplexity and next-token agreement on the built-in text."""
+    m = open_bundle(built(llama_bundle, tmp_path / "rtn", "--quant", "int4")).manifest
+    q, v = m.quantization, m.targets["cpu-x86_64"].verification
+    assert q.calibration is None and q.rounding == "nearest" and q.block_size == 32
+    assert set(q.layers_skipped) == KV | {"lm_head/MatMul"} and q.layers_quantized == 10
+    assert all("key/value projection: int4 keeps it out of INT4" in q.layers_skipped[name] for name in KV)
+    assert v.passed and v.gates == {"max_ppl_increase_pct": 50.0, "min_top1": 0.5}
+    assert v.data.startswith("8 windows of 256 tokens of the built-in gate text") and v.samples == 8
+    assert {"perplexity", "perplexity_ref", "ppl_increase_pct", "top1_agreement"} <= set(v.metrics)
+    assert abs(v.metrics["ppl_increase_pct"]) < 5 and v.metrics["top1_agreement"] > 0.8  # measured -0.2%, 0.89
+
+
+def test_rtn_options_override_the_causal_lm_defaults(llama_bundle, tmp_path):
+    out = built(llama_bundle, tmp_path / "rtn", "--quant", "int4", "--block-size", "64", "--no-kv-float",
+                "--exclude", "*.mlp.down_proj*", "--max-ppl-increase", "20")
+    m = open_bundle(out).manifest
+    q = m.quantization
+    assert q.block_size == 64 and q.layers_quantized == 12
     assert set(q.layers_skipped) == {"lm_head/MatMul", "model.layers.0.mlp.down_proj/MatMul", "model.layers.1.mlp.down_proj/MatMul"}
-    assert open_bundle(out).manifest.targets["cpu-x86_64"].verification.data.startswith("the example inputs")
+    assert m.targets["cpu-x86_64"].verification.gates == {"max_ppl_increase_pct": 20.0}  # given gates replace the defaults
+
+
+def test_a_broken_plan_fails_the_gate_naming_the_options(llama_bundle, tmp_path, monkeypatch):
+    """Every INT4 weight negated: perplexity barely moves on a random model, next-token
+    agreement collapses; the message says what may help and what would accept the plan."""
+    from onnx import numpy_helper
+
+    import ingot.quant
+    from ingot.builder.errors import VerificationError
+
+    quantize = ingot.quant.quantize
+
+    def broken(*args, **kwargs):
+        qmodel, report = quantize(*args, **kwargs)
+        for t in qmodel.graph.initializer:
+            if t.name.endswith("_scale"):
+                t.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(t), t.name))
+        return qmodel, report
+
+    monkeypatch.setattr(ingot.quant, "quantize", broken)
+    with pytest.raises(VerificationError) as e:
+        build(llama_bundle, tmp_path / "broken", quant="int4")
+    message = str(e.value)
+    assert message.startswith("accuracy gate failed: top-1 agreement") and "< --min-top1 0.5" in message
+    assert "of the built-in gate text" in message
+    assert "for a more accurate plan try --quant int4-awq --calib FILE" in message
+    assert "to accept this one, pass --min-top1 0." in message
+    assert not (tmp_path / "broken").exists()
 
 
 def test_quant_lm_head_and_the_cpu_fusions(tiny_llama_dir, tmp_path):
-    out = built(tiny_llama_dir, tmp_path / "head", "--quant", "int4", "--quant-lm-head", "--min-cosine", "0")
+    out = built(tiny_llama_dir, tmp_path / "head", "--quant", "int4", "--block-size", "128", "--no-kv-float",
+                "--quant-lm-head", "--min-top1", "0")
     m = open_bundle(out).manifest
     assert m.quantization.layers_quantized == 15 and m.quantization.exclude == [] and not m.quantization.layers_skipped
     options = m.targets["cpu-x86_64"].build_options
@@ -149,10 +199,10 @@ def test_model_without_matmul(tmp_path):
     (lambda p: p.write_text(""), "is empty"),
     (lambda p: p.write_text("   \n\n"), "is empty"),
 ])
-def test_bad_text_calibration(tiny_llama_dir, tmp_path, setup, message):
+def test_bad_text_calibration(llama_bundle, tmp_path, setup, message):
     path = tmp_path / "c.txt"
     setup(path)
-    assert_user_error(ingot("build", tiny_llama_dir, "--quant", "int4-awq", "--calib", path, "-o", tmp_path / "o"), message)
+    assert_user_error(ingot("build", llama_bundle, "--quant", "int4-awq", "--calib", path, "-o", tmp_path / "o"), message)
 
 
 @pytest.mark.parametrize("name,content,message", [
@@ -162,10 +212,10 @@ def test_bad_text_calibration(tiny_llama_dir, tmp_path, setup, message):
     ("c.txt", b"\x00\x01\x02binary", "is not text"),
     ("c.npz", b"not a zip", "cannot read calibration file"),
 ])
-def test_wrong_format_calibration(tiny_llama_dir, tmp_path, name, content, message):
+def test_wrong_format_calibration(llama_bundle, tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    assert_user_error(ingot("build", tiny_llama_dir, "--quant", "fp8", "--calib", path, "-o", tmp_path / "o"), message)
+    assert_user_error(ingot("build", llama_bundle, "--quant", "fp8", "--calib", path, "-o", tmp_path / "o"), message)
 
 
 def test_npz_with_wrong_names(tiny_cnn_py, tmp_path):
@@ -214,20 +264,21 @@ def test_a_classifier_build_aims_for_the_default_targets(tiny_cnn_py, tmp_path):
     assert not any(reason.startswith("sensitive:") for reason in q.layers_skipped.values())
 
 
-def test_failing_gate_keeps_the_previous_bundle(awq_bundle, tiny_llama_dir, calib_txt, tmp_path):
+def test_failing_gate_keeps_the_previous_bundle(awq_bundle, llama_bundle, calib_txt, tmp_path):
     import shutil
 
     out = shutil.copytree(awq_bundle, tmp_path / "b")
     before = tree_digest(out)
-    proc = ingot("build", tiny_llama_dir, "-o", out, "--quant", "int4-awq", "--block-size", "32", "--calib", calib_txt,
+    proc = ingot("build", llama_bundle, "-o", out, "--quant", "int4-awq", "--block-size", "32", "--calib", calib_txt,
                  "--calib-seq-len", "32", "--calib-samples", "8", "--min-top1", "0.9999", "--min-cosine", "0.99999")
     line = assert_user_error(proc, "accuracy gate failed", "--min-top1 0.9999", "perplexity", "held-out rows of calib.txt")
-    assert "cosine" in line
+    assert "cosine" in line and "for a more accurate plan try a lower --massive-ratio or --exclude PATTERN" in line
+    assert "to accept this one, pass --min-cosine 0." in line and "--min-top1 0." in line
     assert tree_digest(out) == before and staging_leftovers(out) == []
 
 
 def test_an_fp32_bundle_as_the_source(llama_bundle, tmp_path):
-    out = built(llama_bundle, tmp_path / "q", "--quant", "int4", "--block-size", "32")
+    out = built(llama_bundle, tmp_path / "q", "--quant", "int4", "--block-size", "32", "--no-kv-float")
     fp32, q = open_bundle(llama_bundle).manifest, open_bundle(out).manifest
     assert q.model == fp32.model and q.inputs == fp32.inputs and q.tokenizer == fp32.tokenizer
     assert q.precision == "int4" and q.quantization.layers_quantized == 14

@@ -4,7 +4,7 @@ import pytest
 from onnx import helper
 
 from ingot.quant import QuantError, QuantSpec, quantize
-from ingot.quant.awq import _chunks, awq_scale, search, unit_rows, weight_mean
+from ingot.quant.awq import _chunks, awq_scale, search, unit_rows
 from ingot.quant.calibrate import calibrate
 from ingot.quant.int4 import awq_activations, quantize_int4
 from ingot.quant.primitives import int4_dequantize, int4_quantize, int4_round_trip
@@ -15,8 +15,8 @@ BS = 32
 
 @pytest.fixture(scope="module")
 def awq_run(outlier_llama_onnx, calib_feeds):
-    """Every option on: duo scaling and clipping (the default is plain AWQ, see plain_awq_run)."""
-    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=True, awq_clip=True, kv_float=False, massive_ratio=None)
+    """The default AWQ (with GPTQ rounding), every layer INT4 (no float recipe)."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, kv_float=False, massive_ratio=None)
     qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
     stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
     return qmodel, report, stats
@@ -24,10 +24,9 @@ def awq_run(outlier_llama_onnx, calib_feeds):
 
 @pytest.fixture(scope="module")
 def plain_awq_run(outlier_llama_onnx, calib_feeds):
-    """AWQ as in the paper (s = mean|X|^alpha, no clipping; the default) with round-to-nearest
-    rather than GPTQ: the weights are exactly Q(W * s). Every layer INT4 (no float recipe)."""
-    spec = QuantSpec(scheme="int4-awq", block_size=BS, awq_duo=False, awq_clip=False, gptq=False, kv_float=False,
-                     massive_ratio=None)
+    """AWQ as in the paper (s = mean|X|^alpha) with round-to-nearest rather than GPTQ: the
+    weights are exactly Q(W * s). Every layer INT4 (no float recipe)."""
+    spec = QuantSpec(scheme="int4-awq", block_size=BS, gptq=False, kv_float=False, massive_ratio=None)
     qmodel, report = quantize(outlier_llama_onnx, spec, calib_feeds)
     stats = calibrate(outlier_llama_onnx, calib_feeds, awq_activations(outlier_llama_onnx, spec))
     return qmodel, report, stats
@@ -67,11 +66,8 @@ def test_awq_is_never_worse_than_rtn_per_group(awq_run):
     _, report, stats = awq_run
     assert len(report.awq) == 8  # per layer: qkv, o, gate/up, down
     for choice in report.awq:
-        assert choice.error_clip <= choice.error_awq <= choice.error_rtn, choice
-        assert 0.5 <= choice.clip_min <= choice.clip_mean <= 1.0 and 0.0 <= choice.clipped <= 1.0
+        assert choice.error_awq <= choice.error_rtn, choice
     assert sum(c.error_awq for c in report.awq) < 0.9 * sum(c.error_rtn for c in report.awq)
-    assert sum(c.error_clip for c in report.awq) < 0.95 * sum(c.error_awq for c in report.awq)
-    assert any(c.clipped > 0 for c in report.awq)
 
 
 def test_reported_rtn_errors_are_real(awq_run, outlier_llama_onnx):
@@ -97,7 +93,6 @@ def test_the_norm_gamma_absorbs_the_scale(plain_awq_run, outlier_llama_onnx):
     assert set(by_first) == {"q_proj", "o_proj", "gate_proj", "down_proj"}
     for c in report.awq:
         proj = c.layers[0].split("/")[0].rsplit(".", 1)[1]
-        assert not c.duo and c.clipped == 0 and c.error_clip == pytest.approx(c.error_awq, rel=1e-5), c
         if proj in ("q_proj", "gate_proj"):
             assert c.alpha > 0 and c.scaling == "folded", c
             assert len(c.layers) == (3 if proj == "q_proj" else 2)
@@ -237,19 +232,17 @@ def test_unit_rows_weigh_tokens_equally():
 
 
 def test_search_picks_the_least_output_error_of_all_candidates():
-    """Every candidate (plain and duo, each alpha) recomputed one by one: the search's batched
-    errors give the same minimum."""
+    """Every candidate alpha recomputed one by one: the search's batched errors give the same minimum."""
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((96, 48)) * rng.uniform(0.05, 4.0, 48)).astype(np.float32)
     weights = [rng.standard_normal((48, 16)).astype(np.float32), rng.standard_normal((48, 8)).astype(np.float32)]
     mean_abs, alphas = np.abs(x).mean(axis=0), [0.0, 0.25, 0.5, 0.75, 1.0]
-    result = search(x, mean_abs, weights, 16, alphas, duo=True)
+    result = search(x, mean_abs, weights, 16, alphas)
 
     def err(s):
         return sum(float(np.sum((x @ w - (x / s) @ int4_round_trip(w * s[:, None], 16)) ** 2)) for w in weights)
 
-    w_mean = weight_mean(weights, 16)
-    errors = [err(awq_scale(mean_abs, a, wm)) for wm in (None, w_mean) for a in alphas]
+    errors = [err(awq_scale(mean_abs, a)) for a in alphas]
     assert result.error == pytest.approx(min(errors), rel=1e-4)
     assert result.error_rtn == pytest.approx(errors[0], rel=1e-4) and result.error < result.error_rtn
     assert result.error == pytest.approx(err(result.scale), rel=1e-4)

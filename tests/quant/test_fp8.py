@@ -5,8 +5,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from ingot.quant import QuantError, QuantSpec, quantize
-from ingot.quant.fp8 import quantize_fp8
 from ingot.quant.calibrate import calibrate
+from ingot.quant.fp8 import quantize_fp8
 from ingot.quant.primitives import fp8_activation_scale, fp8_dequantize, fp8_quantize_channels, fp8_quantize_tensor
 from tests.quant.util import initializer, make_model, mlp, ops, rel_rms, run
 
@@ -83,7 +83,7 @@ def test_outputs_close_to_fp32_with_and_without_the_cpu_config(fp8_llama, tiny_l
 
 
 def test_percentile_calibration_clips_below_the_max(tiny_llama_onnx, calib_feeds):
-    _, by_max = quantize(tiny_llama_onnx, QuantSpec(scheme="fp8", smooth=False), calib_feeds)  # ranges of X, not X / s
+    _, by_max = quantize(tiny_llama_onnx, QuantSpec(scheme="fp8"), calib_feeds)
     _, by_pct = quantize(tiny_llama_onnx, QuantSpec(scheme="fp8", calib_method="percentile", percentile=99.9), calib_feeds)
     for name, amax in by_pct.activation_amax.items():
         assert 0 < amax <= by_max.activation_amax[name]
@@ -94,7 +94,7 @@ def test_numerics_match_numpy():
     model = mlp(k=64, n=32)
     rng = np.random.default_rng(3)
     feeds = [{"x": rng.standard_normal((16, 64)).astype(np.float32)} for _ in range(2)]
-    qmodel, report = quantize(model, QuantSpec(scheme="fp8", smooth=False), feeds)
+    qmodel, report = quantize(model, QuantSpec(scheme="fp8"), feeds)
     x = feeds[0]["x"]
     w1, w2 = initializer(model, "w1"), initializer(model, "w2")
 
@@ -118,7 +118,7 @@ def test_ort_drops_a_relu_before_an_fp8_quantize_without_the_cpu_config():
     Relu → QuantizeLinear(FP8) fusion and that config entry can go."""
     model = mlp(k=64, n=32)
     feeds = [{"x": np.random.default_rng(3).standard_normal((16, 64)).astype(np.float32)}]
-    qmodel, report = quantize(model, QuantSpec(scheme="fp8", smooth=False), feeds)
+    qmodel, report = quantize(model, QuantSpec(scheme="fp8"), feeds)
     exact = run(qmodel, feeds, level="none")
     assert rel_rms(run(qmodel, feeds, report.session_config), exact) < 1e-5
     assert rel_rms(run(qmodel, feeds), exact) > 0.3

@@ -225,3 +225,18 @@ def test_a_tied_lm_head_is_quantized_only_when_asked_with_its_own_block_size():
 def test_a_bad_lm_head_block_size_is_refused():
     with pytest.raises(ValueError, match="power of two"):
         QuantSpec(scheme="int4", lm_head_block_size=48)
+
+
+def test_rtn_keeps_the_kv_projections_out_of_int4_when_asked(tiny_llama_onnx, test_feeds):
+    """int4-awq's rule-based recipe needs no calibration, so RTN takes it too when asked (the
+    build does for causal LMs): k/v projections float (kv_float), or INT8 weight-only with
+    recipe_precision int8; listed with the reason. Off by default for RTN."""
+    assert QuantSpec(scheme="int4").float_patterns == {} and QuantSpec(scheme="int4-awq").float_patterns
+    _, report = quantize(tiny_llama_onnx, QuantSpec(scheme="int4", block_size=32, kv_float=True))
+    kv = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert set(reasons) == kv | {"lm_head/MatMul"} and len(report.quantized) == LINEAR - 5
+    assert all(reasons[name].startswith("attention key/value projection: int4 keeps it out of INT4") for name in kv)
+    qmodel, report = quantize(tiny_llama_onnx, QuantSpec(scheme="int4", block_size=32, kv_float=True, recipe_precision="int8"))
+    assert {k.name for k in report.int8} == kv and [s.name for s in report.skipped] == ["lm_head/MatMul"]
+    assert rel_rms(run(qmodel, test_feeds), run(tiny_llama_onnx, test_feeds)) < 0.15

@@ -31,10 +31,9 @@ def test_spec_is_frozen_and_strict():
         QuantSpec(scheme="int4", accuracy_level=5)
     with pytest.raises(ValidationError):
         QuantSpec(scheme="int4-awq", awq_alphas=[0.5, 1.5])
-    with pytest.raises(ValidationError):
-        QuantSpec(scheme="fp8", smooth_alphas=[])
-    with pytest.raises(ValidationError):
-        QuantSpec(scheme="int4-awq", clip_min=0.0)
+    for removed in ("smooth", "awq_duo", "awq_clip"):  # experiments that did not help (BENCHMARKS.md)
+        with pytest.raises(ValidationError):
+            QuantSpec(scheme="int4-awq", **{removed: True})
     with pytest.raises(ValidationError):
         QuantSpec(scheme="fp8", massive_ratio=1.0)
     with pytest.raises(ValidationError):
@@ -45,9 +44,8 @@ def test_defaults():
     spec = QuantSpec(scheme="int4")
     assert (spec.block_size, spec.calib_method, spec.accuracy_level) == (128, "max", 4)
     assert spec.awq_alphas == [i / 10 for i in range(11)]
-    assert (spec.awq_duo, spec.awq_clip, spec.clip_min, spec.clip_steps) == (False, False, 0.5, 10)
-    assert not spec.smooth and spec.smooth_alphas == [i / 10 for i in range(1, 11)]
     assert (spec.search_rows, spec.massive_ratio) == (512, 100.0)
+    assert spec.kv_float is None and spec.recipe_precision == "float"  # k/v float: int4-awq's default, not RTN's
 
 
 @pytest.mark.parametrize("scheme", ["fp8", "int4", "int4-awq"])
