@@ -16,7 +16,8 @@ def compile_cpu(
     model: onnx.ModelProto, target: TargetName, writer: BundleWriter, opset: int, session_config: dict[str, str],
     max_positions: int | None = None,
 ) -> Target:
-    """`max_positions`: a causal LM's max_model_len (sizes the rotary tables of the fused plan)."""
+    """`max_positions`: rows of the fused plan's rotary tables, a causal LM's max(max_model_len,
+    max_num_tokens): ORT's RotaryEmbedding checks a call's packed tokens against them."""
     import onnx
     import onnxruntime as ort
 

@@ -121,7 +121,8 @@ def _check_gpu_target(t: TargetName, cfg: BuildConfig) -> None:
 def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: BuildConfig, inputs) -> Target:
     if target.device == "cpu":
         config = graphs.quant.report.session_config if graphs.quant else {}
-        max_positions = graphs.llm.max_model_len if graphs.llm else None
+        # ORT's RotaryEmbedding wants table rows for every packed token of a call, not only for every position
+        max_positions = max(graphs.llm.max_model_len, graphs.llm.max_num_tokens) if graphs.llm else None
         built = compile_cpu(graphs.plan_model, target, writer, cfg.opset, config, max_positions)
         if graphs.llm is None:
             return built

@@ -31,15 +31,20 @@ Arrays = dict[str, np.ndarray]
 # ---- plan calls
 
 
-def plan_calls(batch: PackedBatch) -> list[np.ndarray]:
+def plan_calls(batch: PackedBatch, max_tokens: int | None = None) -> list[np.ndarray]:
     """The sequences of each plan call, in order of first appearance: the decodes (one new token)
     together, prefills from scratch grouped by length, and every other chunk (a past beside
-    S > 1 tokens) alone."""
+    S > 1 tokens) alone; a group of more than `max_tokens` tokens (the plan's max_num_tokens,
+    which its rotary tables cover) is split."""
     groups: dict[object, list[int]] = {}
     for b, (new, past) in enumerate(zip(batch.new_lens.tolist(), batch.past_lens.tolist())):
         key = "decode" if new == 1 else ("scratch", new) if past == 0 else ("chunk", b)
         groups.setdefault(key, []).append(b)
-    return [np.array(g) for g in groups.values()]
+    calls = []
+    for group in groups.values():
+        per_call = len(group) if max_tokens is None else max(max_tokens // int(batch.new_lens[group[0]]), 1)
+        calls += [np.array(group[i:i + per_call]) for i in range(0, len(group), per_call)]
+    return calls
 
 
 def select(batch: PackedBatch, seqs: np.ndarray) -> tuple[PackedBatch, np.ndarray]:
@@ -62,9 +67,9 @@ def select(batch: PackedBatch, seqs: np.ndarray) -> tuple[PackedBatch, np.ndarra
     return sub, mine
 
 
-def run_calls(batch: PackedBatch, run: Callable[[PackedBatch], np.ndarray]) -> np.ndarray:
+def run_calls(batch: PackedBatch, run: Callable[[PackedBatch], np.ndarray], max_tokens: int | None = None) -> np.ndarray:
     """Logits of `batch` (rows in logits_indices order), from `run(sub_batch) -> logits` over its plan calls."""
-    calls = plan_calls(batch)
+    calls = plan_calls(batch, max_tokens)
     if len(calls) == 1:
         return run(batch)
     parts, order = zip(*((run(sub), mine) for sub, mine in (select(batch, seqs) for seqs in calls)))

@@ -22,7 +22,7 @@ Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 def paged_feeds(info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
     """The plan's feeds, one per plan call, that prefill each row's unmasked tokens, every row's logits wanted."""
     batch = _packed(info, input_ids, attention_mask)
-    return [_feeds(sub, info) for sub, _ in (select(batch, s) for s in plan_calls(batch))]
+    return [_feeds(sub, info) for sub, _ in (select(batch, s) for s in plan_calls(batch, info.max_num_tokens))]
 
 
 def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -30,7 +30,8 @@ def dense_logits(run: Run, info: LLMInfo, input_ids: np.ndarray, attention_mask:
     out = np.zeros((*input_ids.shape, info.vocab_size), np.float32)
     if mask.any():
         rows, cols = np.nonzero(mask)  # row-major: the packed order
-        out[rows, cols] = run_calls(_packed(info, input_ids, mask), lambda sub: run(_feeds(sub, info))[names.LOGITS])
+        batch = _packed(info, input_ids, mask)
+        out[rows, cols] = run_calls(batch, lambda sub: run(_feeds(sub, info))[names.LOGITS], info.max_num_tokens)
     return out
 
 

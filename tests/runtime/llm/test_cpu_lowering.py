@@ -37,6 +37,7 @@ def test_plan_calls_split_a_step_the_way_group_query_attention_takes_it():
     b = pack([[7], [7, 8, 9], [5], [1, 2, 3], [4, 4]], past_lens=[6, 0, 2, 0, 3], block_tables=[[1, 4], [3], [2], [5], [6, 7]],
              block_size=4, logits_rows=[[0], [2], [0], [], [1]])
     assert [c.tolist() for c in plan_calls(b)] == [[0, 2], [1, 3], [4]]  # decodes; scratch prefills of 3; a chunk
+    assert [c.tolist() for c in plan_calls(b, max_tokens=4)] == [[0, 2], [1], [3], [4]]  # at most 4 tokens a call
     sub, mine = select(b, np.array([1, 3]))
     assert sub.input_ids.tolist() == [7, 8, 9, 1, 2, 3] and sub.query_start_loc.tolist() == [0, 3, 6]
     assert sub.logits_indices.tolist() == [2] and mine.tolist() == [1]  # seq 3 samples nothing
@@ -169,3 +170,23 @@ def test_kv_cache_smaller_than_one_sequence_is_refused(llama_bundle):
 
     with pytest.raises(RunError, match="holds fewer tokens than max_model_len 256"):
         load_runner(llama_bundle, kv_cache_memory=4096)
+
+
+def test_calls_of_more_tokens_than_max_model_len_run(llama_bundle):
+    """A step may pack more tokens than one sequence holds (the budget is max_num_tokens); the
+    fused rotary tables cover every packed token of a call, and a dense run of more rows than
+    max_num_tokens is split into calls within it."""
+    from ingot.runtime import load
+    from ingot.runtime.llm import LLM, SamplingParams
+
+    info = open_bundle(llama_bundle).manifest.llm
+    assert info.max_model_len == 256 and info.max_num_tokens == 2048
+    llm = LLM(llama_bundle, kv_cache_memory=1 << 24)
+    prompts = [[5 + i] * 40 for i in range(10)]  # one scratch-prefill call of 400 tokens
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    alone = [llm.generate([p], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))[0] for p in prompts[:2]]
+    assert [o.token_ids for o in outs[:2]] == [o.token_ids for o in alone]
+    ids = np.random.default_rng(0).integers(2, 300, (9, 256))  # 2304 tokens > max_num_tokens
+    logits = load(llama_bundle).run({"input_ids": ids, "attention_mask": np.ones_like(ids)})["logits"]
+    one = load(llama_bundle).run({"input_ids": ids[8:], "attention_mask": np.ones_like(ids[8:])})["logits"]
+    np.testing.assert_allclose(logits[8], one[0], atol=1e-4)
