@@ -3,10 +3,12 @@
 The quantized tiny Llamas are built from one fp32 bundle (`llama_bundle`), not re-exported."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
+from ingot.builder import BuildError
 from ingot.plans import open_bundle
 from ingot.plans.bundle import staging_leftovers
 from ingot.runtime import load
@@ -98,14 +100,16 @@ def test_recipe_layers_as_int8_are_listed_and_shown(llama_bundle, calib_txt, tmp
     kv = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
     assert set(q.layers_int8) == kv and q.layers_quantized == 10 and set(q.layers_skipped) == {"lm_head/MatMul"}
     assert "int8 model.layers.0.self_attn.k_proj/MatMul: attention key/value projection" in ingot("inspect", out).stdout
-    for flag, value in (("--recipe-precision", "int3"), ("--float-weights", "fp64"), ("--target-cosine", "1.5"),
-                        ("--target-top1", "-0.1")):
-        assert_user_error(ingot("build", llama_bundle, "--quant", "int4", flag, value, "-o", tmp_path / "bad"), flag)
+    for flag, value in (("--recipe-precision", "int3"), ("--float-weights", "fp64"), ("--target-cosine", 1.5),
+                        ("--target-top1", -0.1)):
+        with pytest.raises(BuildError, match=flag):
+            build(llama_bundle, tmp_path / "bad", quant="int4", **{flag[2:].replace("-", "_"): value})
     assert not (tmp_path / "bad").exists()
 
 
 def test_fp8_needs_calibration_and_records_cpu_settings(llama_bundle, calib_txt, tmp_path):
-    assert_user_error(ingot("build", llama_bundle, "--quant", "fp8", "-o", tmp_path / "x"), "needs calibration data")
+    with pytest.raises(BuildError, match="needs calibration data"):
+        build(llama_bundle, tmp_path / "x", quant="fp8")
     assert not (tmp_path / "x").exists()
     out = built(llama_bundle, tmp_path / "fp8", "--quant", "fp8", "--calib", calib_txt, "--calib-seq-len", "32")
     m = open_bundle(out).manifest
@@ -189,8 +193,8 @@ def test_npz_calibration_for_any_model(tiny_cnn_py, tmp_path):
 
 def test_model_without_matmul(tmp_path):
     (tmp_path / "nomatmul.py").write_text(NO_MATMUL)
-    proc = ingot("build", f"{tmp_path / 'nomatmul.py'}:model", "--quant", "int4", "-o", tmp_path / "o")
-    assert_user_error(proc, "no MatMul")
+    with pytest.raises(BuildError, match="no MatMul"):
+        build(f"{tmp_path / 'nomatmul.py'}:model", tmp_path / "o", quant="int4")
     assert not (tmp_path / "o").exists()
 
 
@@ -202,7 +206,8 @@ def test_model_without_matmul(tmp_path):
 def test_bad_text_calibration(llama_bundle, tmp_path, setup, message):
     path = tmp_path / "c.txt"
     setup(path)
-    assert_user_error(ingot("build", llama_bundle, "--quant", "int4-awq", "--calib", path, "-o", tmp_path / "o"), message)
+    with pytest.raises(BuildError, match=re.escape(message)):
+        build(llama_bundle, tmp_path / "o", quant="int4-awq", calib=path)
 
 
 @pytest.mark.parametrize("name,content,message", [
@@ -215,29 +220,30 @@ def test_bad_text_calibration(llama_bundle, tmp_path, setup, message):
 def test_wrong_format_calibration(llama_bundle, tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    assert_user_error(ingot("build", llama_bundle, "--quant", "fp8", "--calib", path, "-o", tmp_path / "o"), message)
+    with pytest.raises(BuildError, match=re.escape(message)):
+        build(llama_bundle, tmp_path / "o", quant="fp8", calib=path)
 
 
 def test_npz_with_wrong_names(tiny_cnn_py, tmp_path):
     np.savez(tmp_path / "c.npz", pixels=np.zeros((4, 3, 16, 16), np.float32))
-    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "fp8", "--calib", tmp_path / "c.npz", "-o", tmp_path / "o")
-    assert_user_error(proc, "has arrays ['pixels']; the model's inputs are ['image']")
+    with pytest.raises(BuildError, match=re.escape("has arrays ['pixels']; the model's inputs are ['image']")):
+        build(f"{tiny_cnn_py}:model", tmp_path / "o", quant="fp8", calib=tmp_path / "c.npz")
 
 
 def test_text_calibration_for_a_model_without_tokenizer(tiny_cnn_py, calib_txt, tmp_path):
-    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "fp8", "--calib", calib_txt, "-o", tmp_path / "o")
-    assert_user_error(proc, "the model has no tokenizer")
+    with pytest.raises(BuildError, match="the model has no tokenizer"):
+        build(f"{tiny_cnn_py}:model", tmp_path / "o", quant="fp8", calib=calib_txt)
 
 
-@pytest.mark.parametrize("size", ["48", "8", "0", "100"])
+@pytest.mark.parametrize("size", [48, 8, 0, 100])
 def test_block_size_must_be_a_power_of_two(tiny_cnn_py, tmp_path, size):
-    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "int4", "--block-size", size, "-o", tmp_path / "o")
-    assert_user_error(proc, "block size must be a power of two >= 16")
+    with pytest.raises(BuildError, match="block size must be a power of two >= 16"):
+        build(f"{tiny_cnn_py}:model", tmp_path / "o", quant="int4", block_size=size)
 
 
 def test_int4_keep_sensitive_needs_calibration(tiny_cnn_py, tmp_path):
-    proc = ingot("build", f"{tiny_cnn_py}:model", "--quant", "int4", "--keep-sensitive", "2", "-o", tmp_path / "o")
-    assert_user_error(proc, "--quant int4 needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
+    with pytest.raises(BuildError, match=re.escape("--quant int4 needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")):
+        build(f"{tiny_cnn_py}:model", tmp_path / "o", quant="int4", keep_sensitive=2)
 
 
 def test_fp8_keep_sensitive_records_the_float_layers(tiny_cnn_py, tmp_path):
@@ -284,4 +290,5 @@ def test_an_fp32_bundle_as_the_source(llama_bundle, tmp_path):
     assert q.precision == "int4" and q.quantization.layers_quantized == 14
     assert q.targets["cpu-x86_64"].verification.metrics["cosine_min"] > 0.95
     assert load(out).run_text(["hello there"])["logits"].shape[-1] == 320
-    assert_user_error(ingot("build", out, "--quant", "int4", "-o", tmp_path / "again"), "already quantized")
+    with pytest.raises(BuildError, match="already quantized"):
+        build(out, tmp_path / "again", quant="int4")
