@@ -8,7 +8,6 @@ request per line) on stdout; the KV report and a summary on stderr.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -16,27 +15,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ingot.runtime.errors import InputError
+from ingot.runtime.llm.kv_cache import parse_memory  # noqa: F401  (the CLI's --kv-cache-memory)
 
-# Suffixes of --kv-cache-memory, case-insensitive; no suffix and a value ≤ 1 is a fraction of RAM.
-UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
-         "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 OPTION_NAMES = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_p": "--top-p",
                 "top_k": "--top-k", "seed": "--seed", "stop": "--stop"}
-
-
-def parse_memory(text: str | None) -> int | float | None:
-    """`2e9`, `512MiB`, `1.5GB` → bytes (int); `0.5` → a fraction of available RAM (float)."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([a-z]*)\s*", text.lower())
-    if m is None or m[2] not in UNITS:
-        raise InputError(f"--kv-cache-memory {text!r}: expected bytes (2e9, 512MiB, 4GB) or a fraction (0.5)")
-    value = float(m[1]) * UNITS[m[2]]
-    if not m[2] and 0 < value <= 1:
-        return value
-    if value < 1:
-        raise InputError(f"--kv-cache-memory {text!r}: must be more than 0")
-    return int(value)
 
 
 def sampling_params(**options):

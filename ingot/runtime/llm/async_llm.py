@@ -39,9 +39,10 @@ class AsyncLLM:
 
     @classmethod
     def from_bundle(cls, bundle: str | Path, *, kv_cache_memory: int | float | None = None,
-                    threads: int | None = None, target: str | None = None, max_waiting: int = 1024) -> AsyncLLM:
+                    threads: int | None = None, target: str | None = None, max_waiting: int = 1024,
+                    max_num_tokens: int | None = None, max_num_seqs: int | None = None) -> AsyncLLM:
         runner = load_runner(bundle, kv_cache_memory=kv_cache_memory, target=target, threads=threads)
-        return cls(LLMEngine(runner, max_waiting=max_waiting))
+        return cls(LLMEngine(runner, max_waiting=max_waiting, max_num_tokens=max_num_tokens, max_num_seqs=max_num_seqs))
 
     @classmethod
     def from_runner(cls, runner: Runner, *, max_waiting: int = 1024) -> AsyncLLM:

@@ -68,21 +68,25 @@ class _Request:
 # Token budget of a step unless asked otherwise (vLLM's max_num_batched_tokens), capped by the
 # plan's limit. Every decode in flight waits for a step: shorter steps let decodes run between
 # prefill chunks (lower time to first token under load) but make more, smaller plan calls. 768
-# is where SmolLM2 on 2 cores met both the TTFT and the throughput targets (BENCHMARKS.md).
+# is where SmolLM2 on 2 cores met both the TTFT and the throughput targets (measured:
+# `git show 954c8cb:BENCHMARKS.md`, LLM serving).
 DEFAULT_STEP_TOKENS = 768
 
 
 class LLMEngine:
-    def __init__(self, runner: Runner, *, max_waiting: int = 1024, max_num_tokens: int | None = None):
+    def __init__(self, runner: Runner, *, max_waiting: int = 1024, max_num_tokens: int | None = None,
+                 max_num_seqs: int | None = None):
         """`max_num_tokens`: the token budget per step (default DEFAULT_STEP_TOKENS), at most
         the plan's limit. Shorter steps let decodes run between prefill chunks: lower time to
-        first token under load; longer ones prefill long prompts in fewer calls."""
+        first token under load; longer ones prefill long prompts in fewer calls.
+        `max_num_seqs`: sequences in flight, at most (and by default) the plan's limit."""
         info = runner.info
         self.runner = runner
         budget = min(DEFAULT_STEP_TOKENS if max_num_tokens is None else max_num_tokens, info.max_num_tokens)
-        assert budget >= 1, max_num_tokens
+        seqs = min(info.max_num_seqs if max_num_seqs is None else max_num_seqs, info.max_num_seqs)
+        assert budget >= 1 and seqs >= 1, (max_num_tokens, max_num_seqs)
         self.config = SchedulerConfig(
-            max_num_tokens=budget, max_num_seqs=info.max_num_seqs, max_model_len=info.max_model_len,
+            max_num_tokens=budget, max_num_seqs=seqs, max_model_len=info.max_model_len,
             max_waiting=max_waiting, block_size=info.kv_block_size, enable_prefix_caching=True,
         )
         self.scheduler = Scheduler(self.config, runner.num_blocks)

@@ -8,12 +8,13 @@ new K/V come back as plan outputs and are written here at their slots, in place.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo, blocks_needed
-from ingot.runtime.errors import RunError
+from ingot.runtime.errors import InputError, RunError
 from ingot.runtime.llm.buffers import populated
 
 DEFAULT_FRACTION = 0.25  # of available memory, when --kv-cache-memory is not given
@@ -74,3 +75,22 @@ class KVCache:
             self._slots[layer, 0][:, slot_mapping] = outputs[names.present_key(layer)].transpose(1, 0, 2)
             self._slots[layer, 1][:, slot_mapping] = outputs[names.present_value(layer)].transpose(1, 0, 2)
 
+
+# Suffixes of --kv-cache-memory, case-insensitive; no suffix and a value ≤ 1 is a fraction of RAM.
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+         "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_memory(text: str | None, option: str = "--kv-cache-memory") -> int | float | None:
+    """`2e9`, `512MiB`, `1.5GB` → bytes (int); `0.5` → a fraction of available RAM (float)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([a-z]*)\s*", text.lower())
+    if m is None or m[2] not in UNITS:
+        raise InputError(f"{option} {text!r}: expected bytes (2e9, 512MiB, 4GB) or a fraction (0.5)")
+    value = float(m[1]) * UNITS[m[2]]
+    if not m[2] and 0 < value <= 1:
+        return value
+    if value < 1:
+        raise InputError(f"{option} {text!r}: must be more than 0")
+    return int(value)
