@@ -28,6 +28,12 @@ PLANS = {
     "int4-awq": ["--quant", "int4-awq", "--calib", "{calib}"],  # block 128, GPTQ, recipe layers float
     "int4-awq-int8": ["--quant", "int4-awq", "--calib", "{calib}", "--recipe-precision", "int8"],
     "fp8": ["--quant", "fp8", "--calib", "{calib}"],
+    # what each default buys: the same plans with one choice undone
+    "int4-b32-all": ["--quant", "int4", "--no-kv-float", *OPEN_GATE],  # k/v projections INT4 too
+    "int4-awq-rtn": ["--quant", "int4-awq", "--calib", "{calib}", "--no-gptq"],  # round to nearest
+    "int4-awq-all": ["--quant", "int4-awq", "--calib", "{calib}", "--no-kv-float", "--massive-ratio", "0", *OPEN_GATE],
+    "fp8-all": ["--quant", "fp8", "--calib", "{calib}", "--massive-ratio", "0", *OPEN_GATE],  # every layer FP8
+    "fp8-fp16": ["--quant", "fp8", "--calib", "{calib}", "--float-weights", "fp16"],
 }
 
 
@@ -88,7 +94,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, bundle in bundles.items():
         p, s = ppl[name]["perplexity"], size(bundle)
-        flags = " ".join(a for a in PLANS.get(name, []) if a not in OPEN_GATE).replace("{calib}", "CALIB")
+        args_ = PLANS.get(name, [])
+        if args_[-len(OPEN_GATE):] == OPEN_GATE:
+            args_ = args_[:-len(OPEN_GATE)]
+        flags = " ".join(args_).replace("{calib}", "CALIB")
         print(f"| {name} | `{flags}` | {p:.2f} | {100 * (p / base - 1):+.1f}% | {s / 1e6:.1f} | {s / base_size:.3f} "
               f"| {gate(bundle)} |")
 

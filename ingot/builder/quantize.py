@@ -30,18 +30,18 @@ OTHER_GATES = Gates(max_ppl_increase=50.0, min_cosine=0.90)
 # pass each would take minutes). Others: cosine 0.995, a margin over the 0.99 wanted of
 # embeddings, because the search stops at the first count that reaches its target on rows
 # like the calibration data and users' inputs differ; classifiers also top-1 0.99 on the
-# logits, which kept near-ties in place where cosine alone did not (BENCHMARKS.md, Encoder and
-# vision models).
+# logits, which kept near-ties in place where cosine alone did not (measured: `git show 954c8cb:BENCHMARKS.md`,
+# Encoder and vision models).
 TARGETS = {
     "causal-lm": {},
     "classifier": {"target_cosine": 0.995, "target_top1": 0.99},
 }
 DEFAULT_TARGETS = {"target_cosine": 0.995}
 # GPTQ rounding (int4-awq) is the default for causal LMs only: on an encoder it fit the
-# calibration text and carried worse to other sentences (BENCHMARKS.md).
+# calibration text and carried worse to other sentences (`git show 954c8cb:BENCHMARKS.md`, Encoder and vision models).
 # Plain --quant int4 (round to nearest) on a causal LM: block 32, with the k/v projections
 # float (QuantSpec.kv_float), passes the default gate where block 128 did not; the trade of
-# perplexity, size and speed is in BENCHMARKS.md, Quantization.
+# perplexity, size and speed is in BENCHMARKS.md, Quantization quality.
 RTN_LM_BLOCK = 32
 RTN_LM = {"block_size": RTN_LM_BLOCK, "kv_float": True}
 

@@ -40,7 +40,7 @@ def awq_scale(mean_abs: np.ndarray, alpha: float) -> np.ndarray:
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """Calibration rows (R, K) scaled to unit norm, so that each token weighs the same in the
     errors below: raw rows let a few massive-activation tokens (Llama's attention sinks) rule
-    the sums, and held-out perplexity was worse with them (BENCHMARKS.md, Quantization)."""
+    the sums, and held-out perplexity was worse with them (`git show 954c8cb:BENCHMARKS.md`, Quantization)."""
     x = rows.astype(np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
 

@@ -6,16 +6,13 @@ channels of a few tokens, the attention sinks. They show in the input of a few d
 layers (SmolLM2-135M: |x| ~ 3000 where the median channel's mean |x| is ~0.1). There, one
 per-tensor FP8 scale sized for them leaves the other tokens' values near E4M3's subnormals,
 and no per-tensor scale suits both. Keeping those few layers in float (TensorRT-LLM's and
-llm-awq's recipes allow per-layer exclusions) costs little size: on SmolLM2-135M, 6 of 210
-layers stay float, and FP8's held-out Hamlet perplexity goes from +4.1% to +3.5% of fp32.
+llm-awq's recipes allow per-layer exclusions) costs little size.
 
 INT4 is weight-only, but a massive channel hurts it too: AWQ protects the channel by scaling
 its weights up, and the block's one scale then crushes the other 127 weights. int4-awq applies
-the same rule (round-to-nearest `int4` takes no calibration and does not): on SmolLM2-135M at
-block 128 it keeps 42 layers float (every down_proj among them) and takes held-out perplexity
-from +16.3% to +10.6% of fp32, the float weights stored fp16 (half.py) to stay within the
-INT4 size budget. (In fp32, with ratio 1000 and 6 layers, it had gained under one point for
-15 MB.)
+the same rule (round-to-nearest `int4` takes no calibration and does not), the float weights
+stored fp16 (half.py) to stay within the INT4 size budget. What each rule buys on SmolLM2:
+BENCHMARKS.md, Quantization.
 
 The test is on calibration statistics: max |x| over the median of the per-channel mean |x|.
 """

@@ -36,7 +36,7 @@ class QuantSpec(BaseModel):
     percentile: float = Field(99.99, gt=0.0, le=100.0)
     # ONNX Runtime's MatMulNBits activation precision on CPU (0 = fp32, 4 = int8). 4 is ORT's
     # own default and the fast path; its extra error is well below INT4 weight rounding's
-    # (BENCHMARKS.md, Quantization). Use 0 when accuracy matters more.
+    # (measured: `git show 954c8cb:BENCHMARKS.md`, Quantization). Use 0 when accuracy matters more.
     accuracy_level: int = Field(4, ge=0, le=4)
     # AWQ scale search: s = mean|X|^alpha per input channel, alpha from this list (0: RTN)
     awq_alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)])
@@ -45,7 +45,7 @@ class QuantSpec(BaseModel):
     # row (scaled to unit norm); False: round to nearest. gptq_damp: fraction of mean(diag H)
     # added to H's diagonal; gptq_act_order: round channels by decreasing H_kk, with the scales
     # fixed from the whole blocks first. Each of these choices measured best on held-out text
-    # (BENCHMARKS.md, Quantization: GPTQ rounding).
+    # (BENCHMARKS.md, Quantization quality).
     gptq: bool = True
     gptq_damp: float = Field(0.01, gt=0.0, le=10.0)
     gptq_act_order: bool = True
@@ -55,7 +55,7 @@ class QuantSpec(BaseModel):
     # FP8 and INT4-AWQ mixed precision: layers whose input's max |x| is at least this many
     # times the median channel's mean |x| (massive activations, outliers.py) stay in float;
     # None: none. INT4 round-to-nearest collects no calibration statistics, so has no such rule.
-    # The ratio is the measured best trade of accuracy for size (BENCHMARKS.md, FP8 mixed precision).
+    # What the rule buys: BENCHMARKS.md, Quantization quality.
     massive_ratio: float | None = Field(100.0, gt=1.0)
     # Mixed precision by measured sensitivity (sensitivity.py): each layer is quantized alone
     # (INT4: round to nearest) and the model run on the calibration feeds; the `keep_sensitive`
@@ -85,8 +85,8 @@ class QuantSpec(BaseModel):
     # Storage of the weights a quantized plan keeps in float (embedding tables, the LM head,
     # layers left in float): fp16 + Cast, which ONNX Runtime folds at load (half.py), or fp32.
     # None: fp16 for INT4, where the float tables are most of the bundle; fp32 for FP8, whose
-    # float layers are the massive-activation ones, where fp16 cost measurable perplexity
-    # (BENCHMARKS.md, Mixed precision for INT4-AWQ).
+    # float layers are the massive-activation ones (fp16 measured the same perplexity there,
+    # BENCHMARKS.md, Quantization quality: a candidate default).
     float_weights: Literal["fp16", "fp32"] | None = None
 
     # Quantize the LM head too (`lm_head*` is then not excluded). A tied head (Transpose of the
