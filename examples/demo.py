@@ -6,6 +6,8 @@
    prompts run concurrently by the in-flight batcher, and a short serving benchmark.
 4. A CI-style matrix: a second target built separately, then `ingot merge`.
 5. A corrupted bundle is refused with one clear line.
+6. `ingot serve` on a repository of SmolLM2 INT4 and MiniLM, queried with the stock tritonclient
+   (a streamed generation and an embedding), then stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +87,51 @@ def smollm2() -> None:
                 "--prefix-len", "32", *memory))
 
 
+def serve() -> None:
+    """REPO/<model>/1/ is a bundle; `ingot serve` prints READY with its ports."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    repo = OUT / "repo"
+    ingot("build", OUT / "smollm2", "--quant", "int4", "--output", repo / "smol" / "1")
+    shutil.copytree(OUT / "minilm", repo / "minilm" / "1")
+    print(f"\n$ ingot serve {repo} --grpc-port 0 --metrics-port 0", flush=True)
+    server = subprocess.Popen([sys.executable, "-m", "ingot", "serve", repo, "--grpc-port", "0", "--metrics-port", "0",
+                               "--kv-cache-memory", "256MiB"], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = server.stdout.readline().strip()
+        if not ready.startswith("READY"):
+            sys.exit("demo step failed: ingot serve did not start")
+        print(ready)
+        url = dict(f.split("=", 1) for f in ready.split()[1:])["grpc"]
+        client = grpcclient.InferenceServerClient(url)
+        text = grpcclient.InferInput("text", [2], "BYTES")
+        text.set_data_from_numpy(np.array([b"A man is eating food.", b"A man is eating bread."], dtype=object))
+        emb = client.infer("minilm", [text]).as_numpy("sentence_embedding")
+        print(f"tritonclient infer minilm: embeddings {emb.shape}, cosine {float(emb[0] @ emb[1]):.3f}")
+        results: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: results.put((result, error)))
+        inputs = [grpcclient.InferInput("text_input", [1], "BYTES"), grpcclient.InferInput("max_tokens", [1], "INT32")]
+        inputs[0].set_data_from_numpy(np.array([b"The capital of France is"], dtype=object))
+        inputs[1].set_data_from_numpy(np.array([16], dtype=np.int32))
+        client.async_stream_infer("smol", inputs)
+        print("tritonclient stream smol: The capital of France is", end="", flush=True)
+        while True:
+            result, error = results.get(timeout=60)
+            if error is not None:
+                sys.exit(f"demo step failed: {error}")
+            piece = result.as_numpy("text_output")
+            print("" if piece is None else piece[0].decode(), end="", flush=True)
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                break
+        client.stop_stream()
+        print()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        print(f"(ingot serve stopped, exit code {server.wait(60)})")
+
+
 def shown(proc: subprocess.CompletedProcess) -> None:
     print(proc.stdout, end="", flush=True)
 
@@ -107,4 +155,5 @@ if __name__ == "__main__":
     efficientnet()
     smollm2()
     corrupted()
+    serve()
     print("\ndemo finished: bundles are in", OUT)

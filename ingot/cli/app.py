@@ -1,4 +1,4 @@
-"""`ingot build | run | inspect | merge`: parse options, call one function, render.
+"""`ingot build | run | serve | inspect | merge`: parse options, call one function, render.
 
 Commands translate and delegate; errors become exit codes in cli/errors.py.
 """
@@ -148,6 +148,42 @@ def run(
         render.outputs_text(outputs, model.manifest.model.kind)
     else:
         render.out.print(f"saved {', '.join(outputs)} to {output}")
+
+
+class ControlMode(str, Enum):
+    none = "none"
+    explicit = "explicit"
+
+
+@app.command()
+def serve(
+    path: Annotated[Path, typer.Argument(help="A model repository (REPO/<model>/<version>/) or a single bundle.")],
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    grpc_port: Annotated[int, typer.Option(help="KServe v2 / Triton gRPC port (0: any free port).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0: any free port).")] = 8002,
+    model_control_mode: Annotated[ControlMode, typer.Option(help="none: load every model at start; explicit: --load-model, then the load/unload RPCs.")] = ControlMode.none,
+    load_model: Annotated[list[str], typer.Option("--load-model", help="explicit mode: a model to load at start (repeatable).")] = [],  # noqa: B006
+    model_name: Annotated[str | None, typer.Option(help="A single bundle's model name (default: its folder's name).")] = None,
+    grace_period: Annotated[float, typer.Option(help="Seconds in-flight requests may drain after SIGTERM/SIGINT.")] = 30.0,
+    max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = 64 << 20,
+    target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads of each model (default: ONNX Runtime's).")] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: KV cache size, bytes (2e9, 512MiB) or a fraction of RAM (0.5).")] = None,
+    max_num_tokens: Annotated[int | None, typer.Option(help="LLM: token budget of a step (default 768, at most the plan's).")] = None,
+) -> None:
+    """Serve a model repository over the KServe v2 / Triton gRPC protocol; prints READY when every model is loaded."""
+    from ingot.runtime.llm.kv_cache import parse_memory
+    from ingot.serve.served import RuntimeOptions
+    from ingot.serve.server import ServeOptions, run as serve_run, setup_logging
+
+    runtime = RuntimeOptions(threads=threads, kv_cache_memory=parse_memory(kv_cache_memory),
+                             max_num_tokens=max_num_tokens, target=target)
+    setup_logging("--debug" in sys.argv or False)
+    code = serve_run(ServeOptions(path=str(path), host=host, grpc_port=grpc_port, metrics_port=metrics_port,
+                                  model_control_mode=model_control_mode.value, load_model=load_model,
+                                  model_name=model_name, grace_period=grace_period,
+                                  max_message_bytes=max_message_bytes, runtime=runtime))
+    raise typer.Exit(code)
 
 
 @app.command()

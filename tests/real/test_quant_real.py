@@ -168,11 +168,11 @@ def test_smollm2_gate_figures_in_manifest(smol):
 
 
 @pytest.mark.slow
-def test_smollm2_plain_int4_passes_the_default_gate(smollm2_bundle, hamlet_middle, tmp_path):
+def test_smollm2_plain_int4_passes_the_default_gate(smollm2_bundle, smollm2_int4_bundle, hamlet_middle):
     """`ingot build SmolLM2 --quant int4`, no other flag: round to nearest at block 32, the k/v
     projections float; the gate scores the built-in text (no --calib). Measured: gate +26.0%
     perplexity, top-1 agreement 0.683; held-out Hamlet 44.97 -> 56.67 (+26.0%)."""
-    out = built(smollm2_bundle, tmp_path / "int4", "--quant", "int4")
+    out = smollm2_int4_bundle
     m = open_bundle(out).manifest
     q, v = m.quantization, m.targets["cpu-x86_64"].verification
     kv = [n for n, why in q.layers_skipped.items() if "key/value" in why]

@@ -60,6 +60,7 @@ class _Request:
     seq: Sequence
     detok: IncrementalDetokenizer
     arrival_time: float
+    scheduled_time: float | None = None  # first scheduled (the end of its queue time)
     first_token_time: float | None = None
     text: str = ""  # output text handed out so far (the deltas, joined)
     num_sent_tokens: int = 0  # output tokens handed out so far
@@ -152,7 +153,13 @@ class LLMEngine:
         return self.postprocess(out, self.execute(out))
 
     def schedule(self) -> SchedulerOutput:
-        return self.scheduler.schedule()
+        out = self.scheduler.schedule()
+        now = time.perf_counter()
+        for s in out.sequences:
+            req = self.requests.get(s.request_id)
+            if req is not None and req.scheduled_time is None:
+                req.scheduled_time = now
+        return out
 
     def execute(self, out: SchedulerOutput) -> np.ndarray:
         """(len(out.sampling), vocab) float32 logits; writes the step's K/V into the pool."""
@@ -210,7 +217,7 @@ class LLMEngine:
         delta_text = req.detok.take_new_text(finished)
         req.text += delta_text
         metrics = RequestMetrics(req.arrival_time, req.first_token_time, now if finished else None,
-                                 req.seq.num_cached_tokens)
+                                 req.seq.num_cached_tokens, req.scheduled_time)
         return RequestOutput(
             request_id=result.request_id, prompt=req.prompt, prompt_token_ids=req.seq.prompt_token_ids,
             text=req.text, token_ids=token_ids, delta_text=delta_text,

@@ -15,11 +15,17 @@ class RequestMetrics:
     first_token_time: float | None = None  # when its first output token was sampled
     finish_time: float | None = None
     num_cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    scheduled_time: float | None = None  # when a step first took it (after waiting)
 
     @property
     def ttft_s(self) -> float | None:
         """Time to first token, queueing included."""
         return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def queue_s(self) -> float | None:
+        """Time waiting before the first step that took the request."""
+        return None if self.scheduled_time is None else self.scheduled_time - self.arrival_time
 
     @property
     def e2e_s(self) -> float | None:

@@ -1,0 +1,46 @@
+"""`ingot serve` on real models with the stock tritonclient: SmolLM2 INT4 streams its answer
+token by token, greedy text equal to `ingot run`'s; MiniLM embeddings equal `ingot run`'s."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import ingot
+from tests.serve.conftest import Server, make_repo
+from tests.serve.test_grpc import llm_inputs, stream, text_input
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
+
+
+@pytest.fixture(scope="module")
+def real_server(smollm2_int4_bundle, minilm_bundle, tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("real-repo"), {"smol": {1: smollm2_int4_bundle},
+                                                             "minilm": {1: minilm_bundle}})
+    s = Server(repo, kv_cache_memory="256MiB")
+    yield s
+    code, err = s.stop()
+    assert code == 0, err
+
+
+def test_smollm2_streams_paris_as_ingot_run_does(real_server, smollm2_int4_bundle):
+    prompt = "The capital of France is"
+    out = stream(real_server.client(), "smol", [llm_inputs(prompt, 16)])
+    texts, finals, _ = out["0"]
+    served = "".join(t for t in texts if t)
+    assert "Paris" in served and len(texts) >= 8 and finals[-1] and not any(finals[:-1])  # token by token
+    proc = ingot("run", smollm2_int4_bundle, "--prompt", prompt, "--max-tokens", "16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert served == json.loads(proc.stdout.splitlines()[0])["text"]
+
+
+def test_minilm_embeddings_equal_ingot_run(real_server, minilm_bundle):
+    got = real_server.client().infer("minilm", [text_input("text", SENTENCES)]).as_numpy("sentence_embedding")
+    args = [a for s in SENTENCES for a in ("--text", s)]
+    proc = ingot("run", minilm_bundle, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    want = np.array(json.loads(proc.stdout)["outputs"]["sentence_embedding"]["data"], dtype=np.float32)
+    np.testing.assert_allclose(got, want.reshape(got.shape), rtol=1e-5, atol=1e-5)
