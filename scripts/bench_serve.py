@@ -6,7 +6,9 @@
 LLM: N requests of P prompt tokens (real Shakespeare windows, as scripts/bench_llm.py) and G
 greedy output tokens, at most C in flight, streamed over gRPC by the stock tritonclient (aio,
 one stream per request, as genai-perf does), against `ingot bench`'s `run_bench` on an engine
-in this process with the same prompts. Rounds alternate the two; the ratio is each round's.
+in this process with the same prompts (the server tokenizes their text back to the same
+lengths). Rounds alternate the two, each on prompts not seen before (no prefix-cache hits);
+the ratio is each round's.
 
 Encoder: 32 concurrent clients each sending one sentence per request (ModelInfer, `text`
 input), on a model served with dynamic batching and on the same bundle served without it.
@@ -97,19 +99,21 @@ def bench_llm(bundle: Path, args) -> None:
 
     engine = LLMEngine(load_runner(bundle, kv_cache_memory=1 << 30, threads=args.threads))
     tok = engine.tokenizer.tok
-    prompts = workload(args.num_requests + args.concurrency, args.prompt_len,
+    n = args.num_requests
+    prompts = workload(n * args.rounds + args.concurrency, args.prompt_len,
                        tok=lambda text, add_special_tokens: {"input_ids": tok.encode(text, add_special_tokens=False).ids})
     warm, prompts = prompts[: args.concurrency], prompts[args.concurrency:]
-    texts = [tok.decode(p) for p in prompts]
-    lengths = [len(engine.tokenize(t)) for t in texts]
+    rounds = [prompts[i * n: (i + 1) * n] for i in range(args.rounds)]  # fresh prompts each round: no prefix hits
+    lengths = [len(engine.tokenize(tok.decode(p))) for p in prompts]
     print(json.dumps({"served_prompt_tokens_min": min(lengths), "max": max(lengths)}))
     proc, url = start(bundle, args.threads)
     try:
         asyncio.run(served_llm(url, bundle.name, [tok.decode(p) for p in warm], args.output_len, args.concurrency))
         ratios = []
         for i in range(args.rounds):
+            texts = [tok.decode(p) for p in rounds[i]]
             s = asyncio.run(served_llm(url, bundle.name, texts, args.output_len, args.concurrency))
-            r = in_process(engine, prompts, args.output_len, args.concurrency)
+            r = in_process(engine, rounds[i], args.output_len, args.concurrency)
             ratios.append(s["output_tokens_per_s"] / r["output_tokens_per_s"])
             print(json.dumps({"round": i, "served": s, "in_process": r, "served/in_process tok/s": ratios[-1]}))
         print(json.dumps({"llm served/in_process tok/s (median)": statistics.median(ratios)}))
@@ -159,6 +163,26 @@ def bench_encoder(bundle: Path, args) -> None:
         finally:
             proc.terminate()
             proc.wait(60)
+    print(json.dumps({"plan alone, items/s by batch": plan_ceiling(bundle, sentences, args.threads)}))
+
+
+def plan_ceiling(bundle: Path, sentences: list[str], threads: int) -> dict:
+    """The plan called in this process, no server: one sentence a call, then 32 a call. Their ratio
+    bounds what batching can give when the plan's compute, not the server, is the limit."""
+    from ingot.runtime import load
+
+    model = load(bundle, threads=threads)
+    out = {}
+    for batch in (1, 32):
+        feeds = model.encode([sentences[i % len(sentences)] for i in range(batch)])
+        for _ in range(3):
+            model.run(feeds)
+        started = time.perf_counter()
+        for _ in range(30):
+            model.run(feeds)
+        out[batch] = 30 * batch / (time.perf_counter() - started)
+    out["ratio"] = out[32] / out[1]
+    return out
 
 
 def main() -> None:
