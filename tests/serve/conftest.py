@@ -65,7 +65,8 @@ class Server:
         return self.metrics()[f'{name}{{model_name="{model}",model_version="{version}"}}']
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> tuple[int, str]:
-        if self.proc.poll() is None:
+        """Signal (None: already signalled) and wait; (exit code, stderr)."""
+        if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout)

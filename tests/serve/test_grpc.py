@@ -207,3 +207,20 @@ def test_a_model_failing_mid_request_gets_internal_and_the_server_keeps_serving(
     expect_error(lambda: c.infer("bert", inputs), "StatusCode.INTERNAL")
     assert c.infer("bert", [text_input("text", PROMPTS[:1])]).as_numpy("sentence_embedding").shape[0] == 1
     assert c.is_server_ready()
+
+
+def test_typed_contents_equal_raw_contents(server, bert_bundle):
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    feeds = load(bert_bundle).encode(PROMPTS)
+    typed = pb.ModelInferRequest(model_name="bert")
+    for name, arr in feeds.items():
+        t = typed.inputs.add(name=name, datatype="INT64", shape=list(arr.shape))
+        t.contents.int64_contents.extend(arr.reshape(-1).tolist())
+    typed.outputs.add(name="sentence_embedding")
+    with grpc.insecure_channel(server.url) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(typed, timeout=30)
+    got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(list(response.outputs[0].shape))
+    want = load(bert_bundle).run_text(PROMPTS)["sentence_embedding"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

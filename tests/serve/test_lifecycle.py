@@ -244,17 +244,21 @@ def test_sigterm_lets_streams_in_flight_finish(llama_bundle, tmp_path):
     async def streams():
         client = server.aio_client()
         try:
-            return await asyncio.gather(*(generate(client, "llama", f"The quick brown fox {i}", 200) for i in range(4)))
+            return await asyncio.gather(*(generate(client, "llama", f"The quick brown fox {i}", 200) for i in range(16)))
         finally:
             await client.close()
 
     worker = threading.Thread(target=lambda: results.extend(asyncio.run(streams())))
     worker.start()
     _wait_running(server, "llama")
-    code, err = server.stop(signal.SIGTERM)
+    server.proc.send_signal(signal.SIGTERM)
+    threading.Event().wait(0.05)
+    late = asyncio.run(_one(server, "llama"))  # a new request while the others drain
+    code, err = server.stop(None)  # already signalled: wait for the exit
     assert "draining" in err
+    assert late[2] and "shutting down" in late[2][0], late
     worker.join(60)
     assert code == 0, err
-    assert len(results) == 4 and all(not errors and len(versions) >= 50 for _, versions, errors in results), results
+    assert len(results) == 16 and all(not errors and len(versions) >= 50 for _, versions, errors in results), results
     with pytest.raises(InferenceServerException):  # gone
         grpcclient.InferenceServerClient(server.url).is_server_live()
