@@ -112,9 +112,11 @@ def serve() -> None:
         print(f"tritonclient infer minilm: embeddings {emb.shape}, cosine {float(emb[0] @ emb[1]):.3f}")
         results: queue.Queue = queue.Queue()
         client.start_stream(callback=lambda result, error: results.put((result, error)))
-        inputs = [grpcclient.InferInput("text_input", [1], "BYTES"), grpcclient.InferInput("max_tokens", [1], "INT32")]
+        inputs = [grpcclient.InferInput("text_input", [1], "BYTES"), grpcclient.InferInput("max_tokens", [1], "INT32"),
+                  grpcclient.InferInput("temperature", [1], "FP32")]  # 0: greedy (the default is 1, as vLLM's)
         inputs[0].set_data_from_numpy(np.array([b"The capital of France is"], dtype=object))
         inputs[1].set_data_from_numpy(np.array([16], dtype=np.int32))
+        inputs[2].set_data_from_numpy(np.array([0.0], dtype=np.float32))
         client.async_stream_infer("smol", inputs)
         print("tritonclient stream smol: The capital of France is", end="", flush=True)
         while True:

@@ -275,6 +275,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             served.stats.request_done(started, ok)
             if ok:
                 served.stats.executed(1, time.perf_counter() - started)
+            elif self.metrics is not None:
+                self.metrics.aborted(served)
             served.leave()
 
     def _finished(self, served: LLMServed, out) -> None:

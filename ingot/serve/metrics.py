@@ -55,6 +55,10 @@ class Metrics:
         reason = out.finish_reason.value if out.finish_reason is not None else "abort"
         self.success.labels(*labels, reason).inc()
 
+    def aborted(self, served: LLMServed) -> None:
+        """A request that ended before its last output (cancelled, timed out, failed)."""
+        self.success.labels(served.name, str(served.version), "abort").inc()
+
     def start(self, host: str, port: int) -> int:
         """Serve /metrics; the port bound (port 0: any free one)."""
         from prometheus_client import start_http_server

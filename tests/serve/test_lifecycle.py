@@ -213,8 +213,11 @@ def test_a_storm_of_cancelled_streams_frees_every_block(server):
         finally:
             await client.close()
 
+    aborted = 'ingot:request_success_total{finished_reason="abort",model_name="llama",model_version="1"}'
+    before = server.metrics().get(aborted, 0)
     asyncio.run(storm())
     _wait_all_free(server)
+    assert server.metrics()[aborted] - before == 100
 
 
 def test_256_concurrent_streams_get_the_tokens_each_gets_alone(server, llama_bundle):
