@@ -8,10 +8,9 @@ ModelStreamInfer, with `triton_final_response` on every response and errors in-b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import itertools
 import logging
-import time
 
 import grpc
 import numpy as np
@@ -91,9 +90,8 @@ class ServerState:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, manager: ModelManager, state: ServerState, explicit: bool, metrics=None):
-        self.manager, self.state, self.explicit, self.metrics = manager, state, explicit, metrics
-        self._ids = itertools.count()
+    def __init__(self, manager: ModelManager, state: ServerState, explicit: bool):
+        self.manager, self.state, self.explicit = manager, state, explicit
 
     # ---- health and metadata
 
@@ -240,7 +238,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _generate(self, served: LLMServed, request, responses: asyncio.Queue) -> None:
         gen = llm_request.parse(decode_inputs(request), parameters(request))
         empty_final = bool(parameters(request).get("triton_enable_empty_final_response", False))
-        request_id = f"{served.name}-{next(self._ids)}"
 
         def respond(text: str | None, final: bool) -> None:
             response = pb.ModelInferResponse(model_name=served.name, model_version=str(served.version), id=request.id)
@@ -251,39 +248,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response.parameters["triton_final_response"].bool_param = final
             responses.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
 
-        started = time.perf_counter()
-        served.enter()
-        ok = False
-        try:
-            async with asyncio.timeout(timeout_s(request, served)):
-                engine = served.engine
-                engine.submit(gen.prompt, gen.params, request_id)  # queue full / too long: raises now
-                text = ""
-                async for out in engine.stream(request_id):
-                    if out.finished:
-                        self._finished(served, out)
-                    if gen.stream and (out.delta_text or (out.finished and not empty_final)):
-                        respond(out.delta_text, out.finished and not empty_final)
-                    text = out.text
-            if not gen.stream:
-                respond(text if gen.exclude_input else gen.prompt + text, not empty_final)
-            if empty_final:
-                respond(None, True)
-            ok = True
-        finally:
-            served.engine.abort(request_id)  # no-op when finished; frees the blocks of a cancelled one
-            served.stats.request_done(started, ok)
-            if ok:
-                served.stats.executed(1, time.perf_counter() - started)
-            elif self.metrics is not None:
-                self.metrics.aborted(served)
-            served.leave()
-
-    def _finished(self, served: LLMServed, out) -> None:
-        if out.metrics.queue_s is not None:
-            served.stats.queue.add(out.metrics.queue_s)
-        if self.metrics is not None:
-            self.metrics.finished(served, out)
+        text = ""
+        async with contextlib.aclosing(served.generate(gen.prompt, gen.params, timeout_s(request, served))) as outs:
+            async for out in outs:
+                if gen.stream and (out.delta_text or (out.finished and not empty_final)):
+                    respond(out.delta_text, out.finished and not empty_final)
+                text = out.text
+        if not gen.stream:
+            respond(text if gen.exclude_input else gen.prompt + text, not empty_final)
+        if empty_final:
+            respond(None, True)
 
 
 # ---- translation helpers

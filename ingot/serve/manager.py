@@ -37,6 +37,7 @@ class ModelManager:
         self.states: dict[str, dict[int, VersionState]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._closing: set[asyncio.Task] = set()
+        self.observer = None  # metrics, handed to every version loaded
 
     # ---- routing
 
@@ -101,6 +102,7 @@ class ModelManager:
                     served = await asyncio.to_thread(open_version, name, v, entry.versions[v], entry.config,
                                                      self.options)
                     await served.warm_up()
+                    served.observer = self.observer
                 except Exception as e:  # noqa: BLE001 - any failure leaves what serves in place
                     reason = str(e) if isinstance(e, RunError | BundleError | OSError) else f"{type(e).__name__}: {e}"
                     reason = reason.splitlines()[0] if reason else type(e).__name__

@@ -5,7 +5,9 @@ unload can drain it before closing."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class Served:
     def __init__(self, name: str, version: int, manifest: Manifest, config: ServeConfig):
         self.name, self.version, self.manifest, self.config = name, version, manifest, config
         self.stats = VersionStats()
+        self.observer = None  # metrics: finished(served, output) and aborted(served), LLMs only
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -143,6 +146,60 @@ class LLMServed(Served):
     def __init__(self, name: str, version: int, manifest: Manifest, engine, config: ServeConfig):
         super().__init__(name, version, manifest, config)
         self.engine = engine  # AsyncLLM
+        self._ids = itertools.count()
+
+    async def generate(self, prompt, params, timeout: float | None = None, *,
+                       prompt_token_ids: list[int] | None = None) -> AsyncIterator:
+        """A request's outputs (RequestOutput), for every front end. Submission errors
+        (QueueFullError, PromptTooLongError, InputError) raise at once; `timeout` (seconds,
+        default the model's) raises TimeoutError; closing the iterator early, or cancelling its
+        consumer, aborts the request and frees its blocks at once."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.default_timeout_s if timeout is None else timeout
+        deadline = None if timeout is None else loop.time() + timeout
+        started, ok = time.perf_counter(), False
+        request_id = f"{self.name}-{self.version}-{next(self._ids)}"
+        self.enter()
+        try:
+            self.engine.submit(prompt, params, request_id, prompt_token_ids=prompt_token_ids)
+            outputs = self.engine.stream(request_id)
+            while True:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise TimeoutError
+                try:
+                    out = await asyncio.wait_for(anext(outputs), left)
+                except StopAsyncIteration:
+                    break
+                if out.finished:
+                    self._finished(out)
+                yield out
+            ok = True
+        finally:
+            self.engine.abort(request_id)  # no-op when finished; frees the blocks of a cancelled one
+            self.stats.request_done(started, ok)
+            if ok:
+                self.stats.executed(1, time.perf_counter() - started)
+            elif self.observer is not None:
+                self.observer.aborted(self)
+            self.leave()
+
+    def _finished(self, out) -> None:
+        if out.metrics.queue_s is not None:
+            self.stats.queue.add(out.metrics.queue_s)
+        if self.observer is not None:
+            self.observer.finished(self, out)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.engine.engine.tokenize(text))
+
+    def chat_prompt(self, messages: list[dict]) -> tuple[str, list[int]]:
+        """A conversation rendered with the bundle's chat template: (text, token ids)."""
+        from ingot.runtime.llm.llm import chat_template, render_chat, special_tokens
+
+        runner = self.engine.engine.runner
+        text = render_chat(chat_template(runner), messages, **special_tokens(runner))
+        return text, list(self.engine.engine.tokenize(text, add_special_tokens=False))
 
     async def warm_up(self) -> None:
         from ingot.runtime.llm import SamplingParams

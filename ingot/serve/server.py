@@ -64,7 +64,8 @@ async def _serve(options: ServeOptions) -> int:
     manager = ModelManager(repo, options.runtime)
     state = ServerState(required=list(names))
     metrics = Metrics(manager)
-    servicer = InferenceServicer(manager, state, explicit, metrics)
+    manager.observer = metrics
+    servicer = InferenceServicer(manager, state, explicit)
 
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", options.max_message_bytes),
                                       ("grpc.max_send_message_length", options.max_message_bytes)])

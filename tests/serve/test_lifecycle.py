@@ -172,10 +172,11 @@ async def _timed(server: Server, **kw):
         await client.close()
 
 
-def _wait_running(server: Server, model: str, version: str = "1") -> None:
-    """Until the engine has a request running (a stream is generating)."""
+def _wait_running(server: Server, model: str, version: str = "1", requests: int = 1) -> None:
+    """Until the engine holds `requests` requests (running or waiting), one at least running."""
     for _ in range(400):
-        if server.metric("ingot:num_requests_running", model, version) > 0:
+        running = server.metric("ingot:num_requests_running", model, version)
+        if running > 0 and running + server.metric("ingot:num_requests_waiting", model, version) >= requests:
             return
         threading.Event().wait(0.01)
     raise AssertionError("no request started")
@@ -253,7 +254,7 @@ def test_sigterm_lets_streams_in_flight_finish(llama_bundle, tmp_path):
 
     worker = threading.Thread(target=lambda: results.extend(asyncio.run(streams())))
     worker.start()
-    _wait_running(server, "llama")
+    _wait_running(server, "llama", requests=16)
     server.proc.send_signal(signal.SIGTERM)
     threading.Event().wait(0.05)
     late = asyncio.run(_one(server, "llama"))  # a new request while the others drain
