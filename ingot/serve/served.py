@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,41 +147,17 @@ class LLMServed(Served):
         self.engine = engine  # AsyncLLM
         self._ids = itertools.count()
 
-    async def generate(self, prompt, params, timeout: float | None = None, *,
-                       prompt_token_ids: list[int] | None = None) -> AsyncIterator:
-        """A request's outputs (RequestOutput), for every front end. Submission errors
-        (QueueFullError, PromptTooLongError, InputError) raise at once; `timeout` (seconds,
-        default the model's) raises TimeoutError; closing the iterator early, or cancelling its
-        consumer, aborts the request and frees its blocks at once."""
-        loop = asyncio.get_running_loop()
+    def generate(self, prompt, params, timeout: float | None = None, *,
+                 prompt_token_ids: list[int] | None = None) -> Generation:
+        """Submit a request now and return its outputs (RequestOutput), for every front end.
+        Submission errors (QueueFullError, PromptTooLongError, InputError) raise here; the
+        deadline (`timeout` seconds, default the model's) raises TimeoutError while iterating;
+        `aclose()` before the end (or a cancelled consumer) aborts it and frees its blocks."""
         timeout = self.config.default_timeout_s if timeout is None else timeout
-        deadline = None if timeout is None else loop.time() + timeout
-        started, ok = time.perf_counter(), False
         request_id = f"{self.name}-{self.version}-{next(self._ids)}"
+        self.engine.submit(prompt, params, request_id, prompt_token_ids=prompt_token_ids)
         self.enter()
-        try:
-            self.engine.submit(prompt, params, request_id, prompt_token_ids=prompt_token_ids)
-            outputs = self.engine.stream(request_id)
-            while True:
-                left = None if deadline is None else deadline - loop.time()
-                if left is not None and left <= 0:
-                    raise TimeoutError
-                try:
-                    out = await asyncio.wait_for(anext(outputs), left)
-                except StopAsyncIteration:
-                    break
-                if out.finished:
-                    self._finished(out)
-                yield out
-            ok = True
-        finally:
-            self.engine.abort(request_id)  # no-op when finished; frees the blocks of a cancelled one
-            self.stats.request_done(started, ok)
-            if ok:
-                self.stats.executed(1, time.perf_counter() - started)
-            elif self.observer is not None:
-                self.observer.aborted(self)
-            self.leave()
+        return Generation(self, request_id, timeout)
 
     def _finished(self, out) -> None:
         if out.metrics.queue_s is not None:
@@ -209,6 +184,58 @@ class LLMServed(Served):
 
     async def close(self) -> None:
         await self.engine.shutdown()
+
+
+class Generation:
+    """One submitted LLM request: an async iterator of its outputs that accounts for it once
+    it ends, however it ends (finished, deadline, error, closed early)."""
+
+    def __init__(self, served: LLMServed, request_id: str, timeout: float | None):
+        self.served, self.request_id = served, request_id
+        loop = asyncio.get_running_loop()
+        self.deadline = None if timeout is None else loop.time() + timeout
+        self.started = time.perf_counter()
+        self._outputs = served.engine.stream(request_id)
+        self._ended = False
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self):
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            left = None if self.deadline is None else self.deadline - asyncio.get_running_loop().time()
+            if left is not None and left <= 0:
+                raise TimeoutError
+            out = await asyncio.wait_for(anext(self._outputs), left)
+        except StopAsyncIteration:
+            self._end(ok=True)
+            raise
+        except BaseException:
+            self._end(ok=False)
+            raise
+        if out.finished:
+            self.served._finished(out)
+            self._end(ok=True)  # done, whether or not the consumer asks for more
+        return out
+
+    async def aclose(self) -> None:
+        self._end(ok=False)
+        await self._outputs.aclose()
+
+    def _end(self, ok: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        served = self.served
+        served.engine.abort(self.request_id)  # no-op when finished; frees the blocks of a cancelled one
+        served.stats.request_done(self.started, ok)
+        if ok:
+            served.stats.executed(1, time.perf_counter() - self.started)
+        elif served.observer is not None:
+            served.observer.aborted(served)
+        served.leave()
 
 
 def batch_shape(manifest: Manifest, has_tokenizer: bool) -> BatchShape:
