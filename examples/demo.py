@@ -96,8 +96,8 @@ def serve() -> None:
     repo = OUT / "repo"
     ingot("build", OUT / "smollm2", "--quant", "int4", "--output", repo / "smol" / "1")
     shutil.copytree(OUT / "minilm", repo / "minilm" / "1")
-    print(f"\n$ ingot serve {repo} --grpc-port 0 --metrics-port 0", flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "ingot", "serve", repo, "--grpc-port", "0", "--metrics-port", "0",
+    print(f"\n$ ingot serve {repo} --grpc-port 0 --http-port 0 --metrics-port 0", flush=True)
+    server = subprocess.Popen([sys.executable, "-m", "ingot", "serve", repo, "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
                                "--kv-cache-memory", "256MiB"], stdout=subprocess.PIPE, text=True)
     try:
         ready = server.stdout.readline().strip()

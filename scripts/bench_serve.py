@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def start(path: Path, threads: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "ingot", "serve", str(path), "--grpc-port", "0", "--metrics-port",
+    proc = subprocess.Popen([sys.executable, "-m", "ingot", "serve", str(path), "--grpc-port", "0", "--http-port", "0", "--metrics-port",
                              "0", "--threads", str(threads), "--kv-cache-memory", "1GiB"],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()

@@ -78,6 +78,16 @@ def llama_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_llama_bundle(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The tiny Llama with a ChatML chat template in its tokenizer folder."""
+    import shutil
+
+    folder = shutil.copytree(tiny_llama_dir, tmp_path_factory.mktemp("chat") / "chat-llama")
+    (folder / "chat_template.jinja").write_text(models.CHATML)
+    return built(folder, tmp_path_factory.mktemp("b") / "chat-llama")
+
+
+@pytest.fixture(scope="session")
 def bert_bundle(tiny_bert_dir, tmp_path_factory) -> Path:
     return built(tiny_bert_dir, tmp_path_factory.mktemp("b") / "bert")
 

@@ -12,6 +12,10 @@ TEXT = (
     "A man is eating food. Plans are bundles with manifests, checksums and targets. "
 ) * 8
 
+# A ChatML template for the tiny Llama's chat tests
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
 TINY_CNN = '''
 import torch
 from torch import nn

@@ -160,6 +160,7 @@ def serve(
     path: Annotated[Path, typer.Argument(help="A model repository (REPO/<model>/<version>/) or a single bundle.")],
     host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
     grpc_port: Annotated[int, typer.Option(help="KServe v2 / Triton gRPC port (0: any free port).")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port: the OpenAI-compatible API and KServe v2 REST (0: any free port).")] = 8000,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0: any free port).")] = 8002,
     model_control_mode: Annotated[ControlMode, typer.Option(help="none: load every model at start; explicit: --load-model, then the load/unload RPCs.")] = ControlMode.none,
     load_model: Annotated[list[str], typer.Option("--load-model", help="explicit mode: a model to load at start (repeatable).")] = [],  # noqa: B006
@@ -179,7 +180,8 @@ def serve(
     runtime = RuntimeOptions(threads=threads, kv_cache_memory=parse_memory(kv_cache_memory),
                              max_num_tokens=max_num_tokens, target=target)
     setup_logging("--debug" in sys.argv or False)
-    code = serve_run(ServeOptions(path=str(path), host=host, grpc_port=grpc_port, metrics_port=metrics_port,
+    code = serve_run(ServeOptions(path=str(path), host=host, grpc_port=grpc_port, http_port=http_port,
+                                  metrics_port=metrics_port,
                                   model_control_mode=model_control_mode.value, load_model=load_model,
                                   model_name=model_name, grace_period=grace_period,
                                   max_message_bytes=max_message_bytes, runtime=runtime))

@@ -2,7 +2,7 @@
 metrics endpoint, the model manager, and the signal handling of a graceful drain.
 
 Start: load the models (all of them, or only `--load-model` in EXPLICIT mode), then print one
-`READY grpc=HOST:PORT metrics=HOST:PORT` line. SIGTERM/SIGINT: health NOT_SERVING, new requests
+`READY grpc=HOST:PORT http=HOST:PORT metrics=HOST:PORT` line. SIGTERM/SIGINT: health NOT_SERVING, new requests
 UNAVAILABLE, in-flight requests drain for up to `grace_period` seconds, exit 0. A second
 signal exits at once.
 """
@@ -10,6 +10,7 @@ signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ class ServeOptions(BaseModel):
     path: str
     host: str = "127.0.0.1"
     grpc_port: int = Field(8001, ge=0, le=65535)  # 0: any free port (printed on the READY line)
+    http_port: int = Field(8000, ge=0, le=65535)
     metrics_port: int = Field(8002, ge=0, le=65535)
     model_control_mode: Literal["none", "explicit"] = "none"
     load_model: list[str] = []
@@ -82,6 +84,14 @@ async def _serve(options: ServeOptions) -> int:
         metrics_port = metrics.start(options.host, options.metrics_port)
     except OSError as e:
         raise ServeError(f"cannot bind metrics to {options.host}:{options.metrics_port}: {e.strerror or e}") from e
+    http = _http_server(manager, state, explicit, options)
+    http_task = asyncio.get_running_loop().create_task(http.serve())
+    while not http.started:
+        if http_task.done():
+            http_task.result()  # raises why it stopped
+            raise ServeError(f"cannot bind HTTP to {options.host}:{options.http_port} (in use?)")
+        await asyncio.sleep(0.01)
+    http_port = http.servers[0].sockets[0].getsockname()[1]
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -102,7 +112,7 @@ async def _serve(options: ServeOptions) -> int:
             await _load(manager, name)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set("inference.GRPCInferenceService", health_pb2.HealthCheckResponse.SERVING)
-        print(f"READY grpc={options.host}:{grpc_port} metrics={options.host}:{metrics_port} "
+        print(f"READY grpc={options.host}:{grpc_port} http={options.host}:{http_port} metrics={options.host}:{metrics_port} "
               f"models={','.join(names) or '-'}", flush=True)
         await stop.wait()
     finally:
@@ -111,8 +121,26 @@ async def _serve(options: ServeOptions) -> int:
         log.info("draining for up to %.0f s", options.grace_period)
         await manager.shutdown(options.grace_period)
         await server.stop(grace=1.0)
+        http.should_exit = True
+        await asyncio.gather(http_task, return_exceptions=True)
         metrics.stop()
     return 0
+
+
+def _http_server(manager, state, explicit: bool, options: ServeOptions):
+    """uvicorn on this loop, without its own signal handling (ours drains first)."""
+    import uvicorn
+
+    from ingot.serve.http_app import create_app
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    config = uvicorn.Config(create_app(manager, state, explicit), host=options.host, port=options.http_port,
+                            log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+    return Server(config)
 
 
 async def _load(manager: ModelManager, name: str) -> None:

@@ -1,15 +1,12 @@
 """`ingot run DIR --prompt ...` and `ingot bench DIR` on the tiny random Llama plan, as users run them."""
 
 import json
-import shutil
 
 import pytest
 
 from ingot.plans import open_bundle
-from tests.conftest import assert_user_error, built, ingot
+from tests.conftest import assert_user_error, ingot
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def lines(stdout: str) -> list[dict]:
@@ -74,10 +71,8 @@ def test_sampling_options_and_stop_strings(llama_bundle):
     assert cut["finish_reason"] == "stop" and cut["text"] == full["text"][:full["text"].find(stop)]
 
 
-def test_chat_applies_the_tokenizers_template(tiny_llama_dir, tmp_path):
-    folder = shutil.copytree(tiny_llama_dir, tmp_path / "chat-llama")
-    (folder / "chat_template.jinja").write_text(CHATML)
-    bundle = built(folder, tmp_path / "bundle")
+def test_chat_applies_the_tokenizers_template(chat_llama_bundle):
+    bundle = chat_llama_bundle
     plain, chat = (lines(ingot("run", bundle, "--prompt", "Hi", "--max-tokens", "2", "--json", *extra).stdout)[0]
                    for extra in ((), ("--chat",)))
     # "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n" is many more tokens than "Hi".

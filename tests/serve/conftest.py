@@ -23,12 +23,13 @@ class Server:
     def __init__(self, path: Path, *args: str, ready_timeout: float = 120.0, kv_cache_memory: str = "64MiB"):
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingot", "serve", str(path), "--grpc-port", "0", "--metrics-port", "0",
+            [sys.executable, "-m", "ingot", "serve", str(path), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
              "--threads", "1", "--kv-cache-memory", kv_cache_memory, *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.ready_line = self._await_ready(ready_timeout)
         fields = dict(f.split("=", 1) for f in self.ready_line.split()[1:])
         self.url, self.metrics_url = fields["grpc"], f"http://{fields['metrics']}/metrics"
+        self.http = f"http://{fields['http']}"
 
     def _await_ready(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -87,8 +88,9 @@ def make_repo(root: Path, models: dict[str, dict[int, Path]], configs: dict[str,
 
 
 @pytest.fixture(scope="session")
-def tiny_repo(llama_bundle, bert_bundle, cnn_bundle, tmp_path_factory) -> Path:
-    return make_repo(tmp_path_factory.mktemp("repo"), {"llama": {1: llama_bundle}, "bert": {1: bert_bundle},
+def tiny_repo(chat_llama_bundle, bert_bundle, cnn_bundle, tmp_path_factory) -> Path:
+    """The tiny Llama (with a chat template), a tiny encoder and a tiny classifier."""
+    return make_repo(tmp_path_factory.mktemp("repo"), {"llama": {1: chat_llama_bundle}, "bert": {1: bert_bundle},
                                                         "cnn": {1: cnn_bundle}},
                      {"cnn": {"dynamic_batching": {"max_batch_size": 8, "max_queue_delay_us": 20000}}})
 
