@@ -44,3 +44,27 @@ def test_minilm_embeddings_equal_ingot_run(real_server, minilm_bundle):
     assert proc.returncode == 0, proc.stderr
     want = np.array(json.loads(proc.stdout)["outputs"]["sentence_embedding"]["data"], dtype=np.float32)
     np.testing.assert_allclose(got, want.reshape(got.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_smollm2_chat_over_openai_equals_ingot_run_chat(real_server, smollm2_int4_bundle):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{real_server.http}/v1", api_key="unused", max_retries=0)
+    question = "What is the capital of France?"
+    chunks = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": question}],
+                                            max_tokens=24, temperature=0, stream=True)
+    served = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    proc = ingot("run", smollm2_int4_bundle, "--chat", "--prompt", question, "--max-tokens", "24", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert served == json.loads(proc.stdout.splitlines()[0])["text"] and len(served) > 20
+
+
+def test_minilm_openai_embeddings_equal_ingot_run(real_server, minilm_bundle):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{real_server.http}/v1", api_key="unused", max_retries=0)
+    got = np.array([d.embedding for d in client.embeddings.create(model="minilm", input=SENTENCES).data])
+    args = [a for s in SENTENCES for a in ("--text", s)]
+    proc = ingot("run", minilm_bundle, *args, "--json")
+    want = np.array(json.loads(proc.stdout)["outputs"]["sentence_embedding"]["data"], dtype=np.float32)
+    np.testing.assert_allclose(got, want.reshape(got.shape), rtol=1e-5, atol=1e-5)

@@ -53,6 +53,9 @@ def test_hot_swap_under_load_then_a_corrupt_version_then_unload(llama_bundle, tm
     server = Server(repo, "--model-control-mode", "explicit", "--load-model", "llama")
     try:
         c = server.client()
+        import httpx2
+
+        assert httpx2.get(f"{server.http}/v2/models/llama/ready").status_code == 200
         results: list = []
 
         async def load_of_streams(n: int):
@@ -103,6 +106,10 @@ def test_hot_swap_under_load_then_a_corrupt_version_then_unload(llama_bundle, tm
         text, _, errors = asyncio.run(unload_while_streaming())
         assert not errors and text and unload_done == [True]  # unload returned after the stream drained
         assert not c.is_model_ready("llama")
+        assert httpx2.get(f"{server.http}/v2/models/llama/ready").status_code == 503  # unloaded
+        shutil.rmtree(repo / "llama" / "3")
+        assert httpx2.post(f"{server.http}/v2/repository/models/llama/load").status_code == 200  # REST control
+        assert httpx2.get(f"{server.http}/v2/models/llama/ready").status_code == 200
     finally:
         code, err = server.stop()
     assert code == 0, err
@@ -258,6 +265,10 @@ def test_sigterm_lets_streams_in_flight_finish(llama_bundle, tmp_path):
     server.proc.send_signal(signal.SIGTERM)
     threading.Event().wait(0.05)
     late = asyncio.run(_one(server, "llama"))  # a new request while the others drain
+    import httpx2
+
+    assert httpx2.get(f"{server.http}/v2/health/ready").status_code == 503  # draining
+    assert httpx2.get(f"{server.http}/v2/health/live").status_code == 200
     code, err = server.stop(None)  # already signalled: wait for the exit
     assert "draining" in err
     assert late[2] and "shutting down" in late[2][0], late
