@@ -7,7 +7,8 @@
 4. A CI-style matrix: a second target built separately, then `ingot merge`.
 5. A corrupted bundle is refused with one clear line.
 6. `ingot serve` on a repository of SmolLM2 INT4 and MiniLM, queried with the stock tritonclient
-   (a streamed generation and an embedding), then stopped with SIGTERM.
+   (a streamed generation and an embedding) and the openai SDK (a streamed chat and embeddings),
+   then stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -129,9 +130,25 @@ def serve() -> None:
                 break
         client.stop_stream()
         print()
+        openai_sdk(dict(f.split("=", 1) for f in ready.split()[1:])["http"])
     finally:
         server.send_signal(signal.SIGTERM)
         print(f"(ingot serve stopped, exit code {server.wait(60)})")
+
+
+def openai_sdk(http: str) -> None:
+    """The same server over HTTP, with the stock openai SDK: a streamed chat and embeddings."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{http}/v1", api_key="unused")
+    print("openai chat (streamed) smol: ", end="", flush=True)
+    for chunk in client.chat.completions.create(model="smol", max_tokens=24, temperature=0, stream=True,
+                                                messages=[{"role": "user", "content": "Name three primary colors."}]):
+        if chunk.choices:
+            print(chunk.choices[0].delta.content or "", end="", flush=True)
+    emb = client.embeddings.create(model="minilm", input=["A man is eating food.", "A man is eating bread."])
+    a, b = (np.array(d.embedding) for d in emb.data)
+    print(f"\nopenai embeddings minilm: {len(a)} dims, cosine {float(a @ b):.3f}, {emb.usage.prompt_tokens} tokens")
 
 
 def shown(proc: subprocess.CompletedProcess) -> None:
