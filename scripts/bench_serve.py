@@ -7,7 +7,9 @@ LLM: N requests of P prompt tokens (real Shakespeare windows, as scripts/bench_l
 greedy output tokens, at most C in flight, streamed over gRPC by the stock tritonclient (aio,
 one stream per request, as genai-perf does), against `ingot bench`'s `run_bench` on an engine
 in this process with the same prompts (the server tokenizes their text back to the same
-lengths). Rounds alternate the two, each on prompts not seen before (no prefix-cache hits);
+lengths); then the same over the OpenAI API (/v1/completions, streamed, token-id prompts
+reversed so that nothing is in the prefix cache), and at C=1 the time to first token over HTTP
+against in-process (4 requests each, prompts cut by one or two tokens to miss the cache). Rounds alternate the two, each on prompts not seen before (no prefix-cache hits);
 the ratio is each round's.
 
 Encoder: 32 concurrent clients each sending one sentence per request (ModelInfer, `text`
@@ -33,13 +35,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def start(path: Path, threads: int) -> tuple[subprocess.Popen, str]:
+    proc, urls = start_urls(path, threads)
+    return proc, urls["grpc"]
+
+
+def start_urls(path: Path, threads: int) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen([sys.executable, "-m", "ingot", "serve", str(path), "--grpc-port", "0", "--http-port", "0", "--metrics-port",
                              "0", "--threads", str(threads), "--kv-cache-memory", "1GiB"],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("READY"):
         sys.exit("ingot serve did not start")
-    return proc, dict(f.split("=", 1) for f in line.split()[1:])["grpc"]
+    return proc, dict(f.split("=", 1) for f in line.split()[1:])
 
 
 async def served_llm(url: str, model: str, texts: list[str], output_len: int, concurrency: int) -> dict:
@@ -82,6 +89,34 @@ async def served_llm(url: str, model: str, texts: list[str], output_len: int, co
             "ttft_p50_s": float(np.median(ttfts)), "wall_s": wall}
 
 
+async def served_http(http: str, model: str, prompts: list[list[int]], output_len: int, concurrency: int) -> dict:
+    """The same workload over the OpenAI API: /v1/completions, token-id prompts, streamed."""
+    import httpx2
+
+    gate = asyncio.Semaphore(concurrency)
+    ttfts = []
+
+    async def one(client, ids: list[int]) -> None:
+        body = {"model": model, "prompt": ids, "max_tokens": output_len, "temperature": 0, "ignore_eos": True,
+                "stream": True}
+        async with gate:
+            started, first = time.perf_counter(), None
+            async with client.stream("POST", f"http://{http}/v1/completions", json=body) as r:
+                assert r.status_code == 200, await r.aread()
+                async for line in r.aiter_lines():
+                    if first is None and line.startswith("data: {"):
+                        first = time.perf_counter() - started
+            ttfts.append(first)
+
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(timeout=300, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(client, p) for p in prompts))
+        wall = time.perf_counter() - started
+    return {"output_tokens_per_s": len(prompts) * output_len / wall, "ttft_p50_s": float(np.median(ttfts)),
+            "wall_s": wall}
+
+
 def in_process(engine, prompts, output_len: int, concurrency: int) -> dict:
     from ingot.runtime.llm.bench import BenchConfig, run_bench
 
@@ -106,17 +141,29 @@ def bench_llm(bundle: Path, args) -> None:
     rounds = [prompts[i * n: (i + 1) * n] for i in range(args.rounds)]  # fresh prompts each round: no prefix hits
     lengths = [len(engine.tokenize(tok.decode(p))) for p in prompts]
     print(json.dumps({"served_prompt_tokens_min": min(lengths), "max": max(lengths)}))
-    proc, url = start(bundle, args.threads)
+    proc, urls = start_urls(bundle, args.threads)
+    url, http, name = urls["grpc"], urls["http"], bundle.name
     try:
-        asyncio.run(served_llm(url, bundle.name, [tok.decode(p) for p in warm], args.output_len, args.concurrency))
-        ratios = []
+        asyncio.run(served_llm(url, name, [tok.decode(p) for p in warm], args.output_len, args.concurrency))
+        asyncio.run(served_http(http, name, warm, args.output_len, args.concurrency))
+        ratios, http_ratios, ttft_gaps = [], [], []
         for i in range(args.rounds):
             texts = [tok.decode(p) for p in rounds[i]]
-            s = asyncio.run(served_llm(url, bundle.name, texts, args.output_len, args.concurrency))
+            s = asyncio.run(served_llm(url, name, texts, args.output_len, args.concurrency))
+            h = asyncio.run(served_http(http, name, [p[::-1] for p in rounds[i]], args.output_len, args.concurrency))
             r = in_process(engine, rounds[i], args.output_len, args.concurrency)
             ratios.append(s["output_tokens_per_s"] / r["output_tokens_per_s"])
-            print(json.dumps({"round": i, "served": s, "in_process": r, "served/in_process tok/s": ratios[-1]}))
-        print(json.dumps({"llm served/in_process tok/s (median)": statistics.median(ratios)}))
+            http_ratios.append(h["output_tokens_per_s"] / r["output_tokens_per_s"])
+            one = rounds[i][:4]  # C=1: time to first token over HTTP against in-process
+            h1 = asyncio.run(served_http(http, name, [p[1:] for p in one], args.output_len, 1))
+            r1 = in_process(engine, [p[2:] for p in one], args.output_len, 1)
+            ttft_gaps.append(h1["ttft_p50_s"] - r1["ttft_p50_s"])
+            print(json.dumps({"round": i, "grpc": s, "http": h, "in_process": r, "grpc/in_process tok/s": ratios[-1],
+                              "http/in_process tok/s": http_ratios[-1], "C=1 ttft http": h1["ttft_p50_s"],
+                              "C=1 ttft in_process": r1["ttft_p50_s"]}))
+        print(json.dumps({"llm grpc/in_process tok/s (median)": statistics.median(ratios),
+                          "llm http/in_process tok/s (median)": statistics.median(http_ratios),
+                          "C=1 ttft http - in_process, ms (median)": 1000 * statistics.median(ttft_gaps)}))
     finally:
         proc.terminate()
         proc.wait(60)
