@@ -3,7 +3,8 @@ at most C in flight (a new one starts when one finishes), optionally Poisson arr
 
 Measures what vLLM's `bench serve` reports: output token throughput, TTFT and TPOT
 percentiles, preemptions and the prefix-cache hit rate. The engine is stepped in this
-thread (no front-end overhead), and TTFT counts from when a request is added.
+thread (no front-end overhead), and TTFT counts from when a request is added. The same
+workload against a running server: ingot/serve/bench_client.py (`ingot bench --url`).
 """
 
 from __future__ import annotations
@@ -60,19 +61,38 @@ class BenchResult(BaseModel):
     tpot_p50_s: float
     tpot_p90_s: float
     e2e_p50_s: float
-    preemptions: int
-    prefix_cache_hit_rate: float  # cached / looked-up prompt tokens at admission
-    kv_cache_blocks: int
-    kv_cache_bytes: int
+    # the engine's own figures: None against a server (ingot bench --url)
+    preemptions: int | None = None
+    prefix_cache_hit_rate: float | None = None  # cached / looked-up prompt tokens at admission
+    kv_cache_blocks: int | None = None
+    kv_cache_bytes: int | None = None
+    # against a server only: what the client saw (None or 0 in process)
+    url: str | None = None
+    model: str | None = None
+    errors: int = 0  # failed requests, left out of every other figure
+    first_error: str | None = None
+    itl_mean_s: float | None = None  # inter-token latency: gaps between responses that carry text
+    itl_p50_s: float | None = None
+    itl_p90_s: float | None = None
+    itl_p99_s: float | None = None
 
 
 def make_prompts(engine: LLMEngine, cfg: BenchConfig) -> tuple[list[list[int]], list[list[int]], str]:
     """`num_requests` prompts of `prompt_len` tokens sharing their first `prefix_len`, plus one
     warm-up prompt per request in flight (`concurrency`), sharing nothing with them or each other,
     cut from one token stream; and the stream's source."""
+    info = engine.runner.info
+    return prompts_from(engine.tokenizer.tok, info.vocab_size, info.eos_token_ids, cfg)
+
+
+def prompts_from(tok, vocab_size: int, special_ids: list[int], cfg: BenchConfig
+                 ) -> tuple[list[list[int]], list[list[int]], str]:
+    """`make_prompts` with a `tokenizers.Tokenizer`: Shakespeare through `tok`, else synthetic ids
+    below `vocab_size` and not in `special_ids`."""
+    check_prefix(cfg)
     body, warm = cfg.prompt_len - cfg.prefix_len, min(cfg.concurrency, cfg.num_requests)
     needed = cfg.prefix_len + (cfg.num_requests + 1) * max(body, 1) + warm * cfg.prompt_len
-    stream, source = _token_stream(engine, needed, cfg.seed)
+    stream, source = _token_stream(tok, vocab_size, special_ids, needed, cfg.seed)
     prefix = stream[:cfg.prefix_len]
     prompts = [prefix + stream[cfg.prefix_len + i * body:cfg.prefix_len + (i + 1) * body]
                for i in range(cfg.num_requests)]
@@ -86,8 +106,7 @@ def run_bench(engine: LLMEngine, cfg: BenchConfig, prompts: list[list[int]] | No
     """Run the workload to completion on `engine` (which must be idle) and measure it;
     `prompts` (token ids, `num_requests` of `prompt_len`) replace the generated ones."""
     limit = engine.config.max_model_len
-    if cfg.prefix_len > cfg.prompt_len:
-        raise InputError(f"--prefix-len {cfg.prefix_len} is longer than --prompt-len {cfg.prompt_len}")
+    check_prefix(cfg)
     if cfg.prompt_len + cfg.output_len > limit:
         raise InputError(f"--prompt-len + --output-len = {cfg.prompt_len + cfg.output_len} exceeds the "
                          f"bundle's max_model_len {limit}")
@@ -102,7 +121,7 @@ def run_bench(engine: LLMEngine, cfg: BenchConfig, prompts: list[list[int]] | No
         _drain(engine, [(f"bench-warmup-{i}", p) for i, p in enumerate(warmups)], params)
     before = engine.stats()
     start = time.perf_counter()
-    outputs = _serve(engine, prompts, params, _arrivals(cfg), cfg.concurrency)
+    outputs = _serve(engine, prompts, params, arrivals(cfg), cfg.concurrency)
     wall = time.perf_counter() - start
     after = engine.stats()
     return _result(cfg, source, outputs, wall, before, after, engine.kv_report().memory.kv_cache_bytes)
@@ -125,7 +144,12 @@ def _serve(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams, 
     return done
 
 
-def _arrivals(cfg: BenchConfig) -> np.ndarray:
+def check_prefix(cfg: BenchConfig) -> None:
+    if cfg.prefix_len > cfg.prompt_len:
+        raise InputError(f"--prefix-len {cfg.prefix_len} is longer than --prompt-len {cfg.prompt_len}")
+
+
+def arrivals(cfg: BenchConfig) -> np.ndarray:
     """Seconds from the start at which each request may be sent: 0, or Poisson at request_rate."""
     if cfg.request_rate is None:
         return np.zeros(cfg.num_requests)
@@ -140,17 +164,16 @@ def _drain(engine: LLMEngine, requests: list[tuple[str, list[int]]], params: Sam
         engine.step()
 
 
-def _token_stream(engine: LLMEngine, needed: int, seed: int) -> tuple[list[int], str]:
+def _token_stream(tok, vocab_size: int, special_ids: list[int], needed: int, seed: int) -> tuple[list[int], str]:
     """`needed` token ids of Shakespeare (the bundle's tokenizer), or a seeded synthetic stream."""
     texts = _shakespeare_texts()
     ids: list[int] = []
     for path in texts:
-        ids += engine.tokenizer.tok.encode(path.read_text(encoding="latin-1"), add_special_tokens=False).ids
+        ids += tok.encode(path.read_text(encoding="latin-1"), add_special_tokens=False).ids
         if len(ids) >= needed:
             return ids[:needed], SHAKESPEARE
-    vocab = engine.runner.info.vocab_size
-    special = set(engine.runner.info.eos_token_ids)
-    draws = np.random.default_rng(seed).integers(0, vocab, 2 * needed + 16).tolist()
+    special = set(special_ids)
+    draws = np.random.default_rng(seed).integers(0, vocab_size, 2 * needed + 16).tolist()
     synthetic = [t for t in draws if t not in special]
     return synthetic[:needed], SYNTHETIC
 
@@ -178,14 +201,14 @@ def _result(cfg: BenchConfig, source: str, outputs: list[RequestOutput], wall: f
         wall_s=wall, output_tokens=out_tokens, output_tokens_per_s=out_tokens / wall,
         total_tokens_per_s=(out_tokens + cfg.num_requests * cfg.prompt_len) / wall,
         requests_per_s=len(outputs) / wall,
-        ttft_mean_s=float(ttft.mean()), ttft_p50_s=_pct(ttft, 50), ttft_p90_s=_pct(ttft, 90),
-        ttft_p99_s=_pct(ttft, 99), tpot_mean_s=float(tpot.mean()), tpot_p50_s=_pct(tpot, 50),
-        tpot_p90_s=_pct(tpot, 90), e2e_p50_s=_pct(e2e, 50),
+        ttft_mean_s=float(ttft.mean()), ttft_p50_s=percentile(ttft, 50), ttft_p90_s=percentile(ttft, 90),
+        ttft_p99_s=percentile(ttft, 99), tpot_mean_s=float(tpot.mean()), tpot_p50_s=percentile(tpot, 50),
+        tpot_p90_s=percentile(tpot, 90), e2e_p50_s=percentile(e2e, 50),
         preemptions=after.num_preemptions - before.num_preemptions,
         prefix_cache_hit_rate=hits / queries if queries else 0.0,
         kv_cache_blocks=after.num_blocks, kv_cache_bytes=kv_cache_bytes,
     )
 
 
-def _pct(values: np.ndarray, q: float) -> float:
+def percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q))
