@@ -21,7 +21,7 @@ from ingot.builder.errors import BuildError
 from ingot.builder.export import export_onnx
 from ingot.builder.graph import apply_dim_ranges, cleanup, io_specs
 from ingot.builder import causal_lm as paged
-from ingot.builder.quantize import QuantResult, quant_spec, quantize_model
+from ingot.builder.quantize import QuantResult, quant_spec, quantize_model, require_calibration
 from ingot.builder.quiet import quiet
 from ingot.builder.loaded import LoadedModel
 from ingot.builder.sources import load_source
@@ -58,6 +58,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
     host = detect_host()
     targets = [_parse_target(t, host.cpu) for t in dict.fromkeys(cfg.targets)]
     spec = quant_spec(cfg)  # a bad --block-size fails before any work
+    require_calibration(spec, cfg)
     for t in targets:
         if t.device == "cuda":
             _check_gpu_target(t, cfg)
@@ -65,6 +66,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
     with stage("load source"), quiet():
         loaded = load_source(cfg.source, cfg.name)
         loaded.dims = apply_dim_ranges(loaded.dims, cfg.dims)
+    writer.check_model(_model_info(loaded))  # another model's bundle at --output: refused before export
     hf_model = paged.paged_source(loaded, cfg, targets)
     with stage("export to ONNX"):
         model = export_onnx(loaded, cfg.opset) if hf_model is None else paged.export(hf_model, cfg)
@@ -90,9 +92,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             ingot_version=__version__,
-            model=ModelInfo(
-                id=loaded.model_id, kind=loaded.kind, architecture=loaded.architecture, source=loaded.source
-            ),
+            model=_model_info(loaded),
             inputs=inputs,
             outputs=outputs,
             precision=graphs.quant.precision if graphs.quant else "fp32",
@@ -103,6 +103,10 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
         )
         with stage("write bundle"):
             return writer.commit(manifest)
+
+
+def _model_info(loaded: LoadedModel) -> ModelInfo:
+    return ModelInfo(id=loaded.model_id, kind=loaded.kind, architecture=loaded.architecture, source=loaded.source)
 
 
 def _parse_target(text: str, host_cpu: str) -> TargetName:

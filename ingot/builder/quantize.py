@@ -179,6 +179,12 @@ def advice(spec) -> str:
     return "a lower --massive-ratio or --exclude PATTERN (more layers float)"
 
 
+def require_calibration(spec, cfg: BuildConfig) -> None:
+    """FP8, int4-awq and a sensitivity search need --calib: refused before any model is loaded."""
+    if spec is not None and spec.needs_calibration and cfg.calib is None:
+        raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
+
+
 def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, llm=None) -> QuantResult:
     """`llm`: the LLMInfo of a paged plan, whose calibration rows are fed as prefills."""
     from ingot.quant import QuantError, quantize
@@ -188,8 +194,7 @@ def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, ll
         with stage("load calibration data"), quiet():
             # AWQ and GPTQ fit their rows: a target search must score them on others
             calib = load_calibration(cfg.calib, loaded, cfg.calib_samples, cfg.calib_seq_len, spec.scheme == "int4-awq")
-    elif spec.needs_calibration:
-        raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
+    require_calibration(spec, cfg)
     spec = spec.model_copy(update=kind_defaults(loaded.kind, cfg, calib is not None))
     feeds, check = (calib.calib, calib.check) if calib else (None, None)
     if calib and llm is not None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ingot.plans.errors import ChecksumError, IncompatibleBundleError, ManifestError
 from ingot.plans.files import file_entry, fsync_tree, link_or_copy, sha256_file, swap_in
-from ingot.plans.manifest import FORMAT, SCHEMA_VERSION, FileEntry, Manifest, Target
+from ingot.plans.manifest import FORMAT, SCHEMA_VERSION, FileEntry, Manifest, ModelInfo, Target
 
 MANIFEST = "manifest.json"
 
@@ -117,6 +117,11 @@ class BundleWriter:
             return None
         return Bundle(dest, read_manifest(dest))
 
+    def check_model(self, model: ModelInfo) -> None:
+        """Refuse early (before any compile) a bundle at `dest` of another model; commit() checks the rest."""
+        if self._existing is not None and self._existing.manifest.model != model:
+            raise _incompatible(str(self.dest), ["model"])
+
     def path(self, rel: str) -> Path:
         """Where to write bundle file `rel` (parent folders are created)."""
         path = self.staging / rel
@@ -158,15 +163,18 @@ class BundleWriter:
 def merge_manifests(base: Manifest, new: Manifest, where: str) -> Manifest:
     """`base` plus every target of `new`; both must describe the same model."""
     if base.signature() != new.signature():
-        diff = sorted(k for k, v in base.signature().items() if new.signature().get(k) != v)
-        raise IncompatibleBundleError(
-            f"{where} holds a bundle of a different model or build ({', '.join(diff)} differ); "
-            "use another output folder, or --overwrite to replace it"
-        )
+        raise _incompatible(where, sorted(k for k, v in base.signature().items() if new.signature().get(k) != v))
     merged = base
     for target in new.targets.values():
         merged = merged.with_target(target)
     return merged
+
+
+def _incompatible(where: str, diff: list[str]) -> IncompatibleBundleError:
+    return IncompatibleBundleError(
+        f"{where} holds a bundle of a different model or build ({', '.join(diff)} differ); "
+        "use another output folder, or --overwrite to replace it"
+    )
 
 
 def merge_bundles(dest: Path, sources: list[Path], overwrite: bool = False) -> Manifest:
