@@ -99,8 +99,13 @@ def build(
         render.out.print(f"bundle {output}: {manifest.model.id}, targets {', '.join(manifest.targets)}")
 
 
+GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos", "stream", "chat",
+                      "kv_cache_memory")
+
+
 @app.command()
 def run(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
     text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable): one batch row each.")] = [],  # noqa: B006
     input: Annotated[list[str], typer.Option("--input", "-i", help="NAME=FILE.npy (repeatable).")] = [],  # noqa: B006
@@ -129,16 +134,22 @@ def run(
 
         if text or input:
             raise InputError("--prompt/--prompts-file generate text; --text and --input are for other bundles")
+        if output is not None:
+            raise InputError("--output saves tensor outputs (--text/--input runs); generated text goes to "
+                             "stdout (--json: one object per request, with its token ids)")
         params = generate.sampling_params(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                                           seed=seed, stop=tuple(stop), ignore_eos=ignore_eos)
         generate.generate(bundle, generate.read_prompts(prompt, prompts_file), params, chat=chat, stream=stream,
                           json_out=json_out, kv_cache_memory=generate.parse_memory(kv_cache_memory), target=target)
         return
+    given = _given(ctx, GENERATION_OPTIONS)
+    if given:
+        raise InputError(f"{', '.join(given)}: generation options, only with --prompt on an LLM bundle")
+    if not text and not input:
+        raise InputError(_no_input(bundle))
     model = load(bundle, target)
     feeds = model.encode(text) if text else {}
     feeds.update(load_npy(spec) for spec in input)
-    if not feeds:
-        raise InputError("no inputs: pass --text (text models) or --input NAME=FILE.npy")
     outputs = model.run(feeds)
     if output is not None:
         render.save_npz(output, outputs)
@@ -248,6 +259,20 @@ app.command()(bench)
 def version() -> None:
     """Print the ingot version."""
     print(__version__)
+
+
+def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """The options among `names` the user typed (not left at their defaults), as --flags."""
+    sources = {n: ctx.get_parameter_source(n) for n in names}  # typer's own (vendored) click enum
+    return [f"--{n.replace('_', '-')}" for n, source in sources.items() if source and source.name == "COMMANDLINE"]
+
+
+def _no_input(bundle: Path) -> str:
+    from ingot.plans import open_bundle
+
+    if open_bundle(bundle, verify=False).manifest.llm is not None:
+        return "no prompt: pass --prompt TEXT (or --prompts-file FILE) to generate from this LLM bundle"
+    return "no inputs: pass --text (text models) or --input NAME=FILE.npy"
 
 
 def _parse_dims(specs: list[str]) -> dict[str, tuple[int, int]]:

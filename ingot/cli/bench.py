@@ -54,13 +54,15 @@ def _config(**options) -> BenchConfig:
     from pydantic import ValidationError
 
     from ingot.runtime.errors import InputError
-    from ingot.runtime.llm.bench import BenchConfig
+    from ingot.runtime.llm.bench import BenchConfig, check_prefix
 
     try:
-        return BenchConfig(**options)
+        cfg = BenchConfig(**options)
     except ValidationError as e:
         err = e.errors()[0]
         raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].lower()}") from None
+    check_prefix(cfg)  # before any bundle is loaded
+    return cfg
 
 
 def _bench_server(url: str, tokenizer: Path | None, model: str | None, cfg: BenchConfig,
@@ -89,12 +91,23 @@ def _bench_local(bundle: Path | None, cfg: BenchConfig, tokenizer: Path | None, 
     if tokenizer is not None or model is not None:
         raise InputError("--tokenizer and --model go with --url")
     memory = parse_memory(kv_cache_memory)
-    check_llm_bundle(bundle)
+    manifest = check_llm_bundle(bundle)
     if max_num_tokens is not None and max_num_tokens < 1:
         raise InputError(f"--max-num-tokens {max_num_tokens}: must be at least 1")
+    _note_plan_limits(manifest.llm, max_num_tokens, cfg.concurrency)
     with LLM(bundle, kv_cache_memory=memory, threads=threads, target=target, max_num_tokens=max_num_tokens) as llm:
         print(llm.startup_report(), file=sys.stderr, flush=True)
         return run_bench(llm.engine, cfg)
+
+
+def _note_plan_limits(llm, max_num_tokens: int | None, concurrency: int) -> None:
+    """Say so (on stderr) where an option goes past the plan's limits, which the engine applies."""
+    if max_num_tokens is not None and max_num_tokens > llm.max_num_tokens:
+        print(f"note: --max-num-tokens {max_num_tokens} clamped to the plan's limit {llm.max_num_tokens}",
+              file=sys.stderr, flush=True)
+    if concurrency > llm.max_num_seqs:
+        print(f"note: --concurrency {concurrency}: at most {llm.max_num_seqs} requests (the plan's max_num_seqs) "
+              "run at once; the others wait in the queue", file=sys.stderr, flush=True)
 
 
 def _print(result: BenchResult) -> None:

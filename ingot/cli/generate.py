@@ -49,20 +49,45 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     return prompts
 
 
-def check_llm_bundle(bundle: Path) -> None:
-    """Refuse a bundle without an LLM plan before loading anything."""
+def check_llm_bundle(bundle: Path):
+    """Refuse a bundle without an LLM plan before loading anything; returns its manifest."""
     from ingot.plans import open_bundle
 
     manifest = open_bundle(bundle, verify=False).manifest
     if getattr(manifest, "llm", None) is None:
-        raise InputError(f"{manifest.model.id} is a {manifest.model.kind} bundle without an LLM plan: "
+        raise InputError(f"{manifest.model.id} is {_a(manifest.model.kind)} bundle without an LLM plan: "
                          f"--prompt needs a causal-LM bundle (use --text or --input for this one)")
+    return manifest
+
+
+def check_prompt_lengths(bundle: Path, manifest, prompts: list[str]) -> None:
+    """Refuse a prompt longer than the plan's max_model_len with the tokenizer alone (before the
+    KV cache is allocated); the engine counts the same way (BOS as recorded at build)."""
+    from ingot.runtime.llm.errors import PromptTooLongError
+    from ingot.runtime.tokenizer import TextTokenizer
+
+    llm = manifest.llm
+    if manifest.tokenizer is None:
+        return
+    tok = TextTokenizer(Path(bundle), manifest.tokenizer).tok
+    bos = 1 if llm.add_bos and llm.bos_token_id is not None else 0
+    for index, prompt in enumerate(prompts):
+        count = bos + len(tok.encode(prompt, add_special_tokens=False).ids)
+        if count > llm.max_model_len:
+            where = "" if len(prompts) == 1 else f" {index}"
+            raise PromptTooLongError(f"prompt{where} has {count} tokens, more than max_model_len {llm.max_model_len}")
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def generate(bundle: Path, prompts: list[str], params, *, chat: bool, stream: bool, json_out: bool,
              kv_cache_memory: int | float | None, target: str | None) -> None:
     """Run every prompt concurrently and print the results in input order."""
-    check_llm_bundle(bundle)
+    manifest = check_llm_bundle(bundle)
+    if not chat:  # a chat template adds tokens: the engine checks those prompts
+        check_prompt_lengths(bundle, manifest, prompts)
     if stream:
         import asyncio
 

@@ -28,7 +28,10 @@ def read_manifest(root: Path) -> Manifest:
     if not root.exists():
         raise ManifestError(f"bundle not found: {root}")
     path = root / MANIFEST
-    if not root.is_dir() or not path.is_file():
+    if root.is_file():  # a model file (.gguf, .onnx) where a bundle folder goes
+        raise ManifestError(f"{root} is a file, not an ingot bundle folder: build one first with "
+                            f"`ingot build {root} -o DIR`")
+    if not path.is_file():
         raise ManifestError(f"{root} is not an ingot bundle (no {MANIFEST})")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

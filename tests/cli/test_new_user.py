@@ -35,3 +35,56 @@ def test_other_models_bundle_at_output_is_refused_before_export(cnn_bundle, tiny
     assert "export to ONNX" not in proc.stderr, proc.stderr
     assert took < FAST_S, took
     assert tree_digest(out) == before
+
+
+def test_bench_prefix_longer_than_prompt_is_refused_before_loading(llama_bundle):
+    proc, took = timed("bench", llama_bundle, "--prompt-len", "8", "--prefix-len", "16")
+    assert_user_error(proc, "--prefix-len 16 is longer than --prompt-len 8")
+    assert took < FAST_S, took
+
+
+def test_run_prompt_longer_than_max_model_len_is_refused_before_the_kv_cache(llama_bundle):
+    proc, took = timed("run", llama_bundle, "--prompt", "hello world " * 2000)
+    assert_user_error(proc, "tokens, more than max_model_len")
+    assert "KV cache" not in proc.stderr, proc.stderr
+    assert took < FAST_S, took
+
+
+def test_run_prompt_with_output_is_refused(llama_bundle, tmp_path):
+    proc = ingot("run", llama_bundle, "--prompt", "Hello", "--output", tmp_path / "gen.npz")
+    assert_user_error(proc, "--output saves tensor outputs", "stdout")
+    assert not (tmp_path / "gen.npz").exists()
+
+
+@pytest.mark.parametrize("options", [("--max-tokens", "5"), ("--chat",), ("--stream", "--temperature", "0.5")])
+def test_generation_options_without_prompt_are_refused_by_name(options, bert_bundle):
+    proc = ingot("run", bert_bundle, "--text", "hello", *options)
+    line = assert_user_error(proc, "only with --prompt")
+    assert all(o in line for o in options if o.startswith("--")), line
+
+
+def test_text_run_at_the_defaults_still_works(bert_bundle):
+    assert ingot("run", bert_bundle, "--text", "hello").returncode == 0
+
+
+def test_bench_says_where_options_pass_the_plan_limits(llama_bundle):
+    proc = ingot("bench", llama_bundle, "--num-requests", "2", "--prompt-len", "8", "--output-len", "2",
+                 "--max-num-tokens", "4096", "--concurrency", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert "--max-num-tokens 4096 clamped to the plan's limit 2048" in proc.stderr, proc.stderr
+    assert "--concurrency 64: at most 32 requests (the plan's max_num_seqs) run at once" in proc.stderr, proc.stderr
+
+
+def test_prompt_on_an_encoder_bundle_says_an_encoder(bert_bundle):
+    assert_user_error(ingot("run", bert_bundle, "--prompt", "hi"), "is an encoder bundle")
+
+
+def test_run_without_input_names_the_right_options(llama_bundle, bert_bundle):
+    assert_user_error(ingot("run", llama_bundle), "--prompt")
+    assert_user_error(ingot("run", bert_bundle), "--text", "--input")
+
+
+def test_run_on_a_model_file_says_how_to_build_it(tmp_path):
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert_user_error(ingot("run", gguf), f"ingot build {gguf} -o DIR")
