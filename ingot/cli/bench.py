@@ -53,14 +53,14 @@ def bench(
 def _config(**options) -> BenchConfig:
     from pydantic import ValidationError
 
-    from ingot.runtime.errors import InputError
+    from ingot.cli.errors import UsageError
     from ingot.runtime.llm.bench import BenchConfig, check_prefix
 
     try:
         cfg = BenchConfig(**options)
     except ValidationError as e:
         err = e.errors()[0]
-        raise InputError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].lower()}") from None
+        raise UsageError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg'].lower()}") from None
     check_prefix(cfg)  # before any bundle is loaded
     return cfg
 
@@ -81,6 +81,7 @@ def _bench_server(url: str, tokenizer: Path | None, model: str | None, cfg: Benc
 def _bench_local(bundle: Path | None, cfg: BenchConfig, tokenizer: Path | None, model: str | None,
                  kv_cache_memory: str | None, threads: int | None, max_num_tokens: int | None,
                  target: str | None) -> BenchResult:
+    from ingot.cli.errors import UsageError
     from ingot.cli.generate import check_llm_bundle, parse_memory
     from ingot.runtime.errors import InputError
     from ingot.runtime.llm import LLM
@@ -93,7 +94,7 @@ def _bench_local(bundle: Path | None, cfg: BenchConfig, tokenizer: Path | None, 
     memory = parse_memory(kv_cache_memory)
     manifest = check_llm_bundle(bundle)
     if max_num_tokens is not None and max_num_tokens < 1:
-        raise InputError(f"--max-num-tokens {max_num_tokens}: must be at least 1")
+        raise UsageError(f"--max-num-tokens {max_num_tokens}: must be at least 1")
     _note_plan_limits(manifest.llm, max_num_tokens, cfg.concurrency)
     with LLM(bundle, kv_cache_memory=memory, threads=threads, target=target, max_num_tokens=max_num_tokens) as llm:
         print(llm.startup_report(), file=sys.stderr, flush=True)

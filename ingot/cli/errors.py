@@ -12,7 +12,12 @@ from collections.abc import Callable
 
 from ingot.builder.errors import BuildError
 from ingot.plans import BundleError
-from ingot.runtime.errors import RunError
+from ingot.runtime.errors import InputError, RunError
+
+
+class UsageError(InputError):
+    """A bad option value: one error line and exit 2, as click's own usage errors."""
+
 
 USER_ERRORS = (BundleError, BuildError, RunError)
 EXIT_FAILURE, EXIT_USAGE = 1, 2
@@ -35,7 +40,7 @@ def run_guarded(entry: Callable[[], object], debug: bool) -> int:
         if debug:
             raise
         _line(str(e))
-        return EXIT_FAILURE
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILURE
     except Exception as e:
         if debug:
             raise

@@ -1,7 +1,7 @@
 """`ingot run DIR --prompt ...`: text generation from an LLM bundle (LLM, or AsyncLLM for --stream).
 
 Options become a `SamplingParams` and a prompt list here, with one `InputError` line for
-anything wrong; the runtime does the rest. Output: the text (or one JSON object per
+anything wrong (a `UsageError`, exit 2, for a bad option value); the runtime does the rest. Output: the text (or one JSON object per
 request per line) on stdout; the KV report and a summary on stderr.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ingot.cli.errors import UsageError
 from ingot.runtime.errors import InputError
 from ingot.runtime.llm.kv_cache import parse_memory  # noqa: F401  (the CLI's --kv-cache-memory)
 
@@ -30,7 +31,7 @@ def sampling_params(**options):
     except ValidationError as e:
         err = e.errors()[0]
         name = OPTION_NAMES.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "options"
-        raise InputError(f"{name}: {err['msg'].lower()} (got {err.get('input')!r})") from None
+        raise UsageError(f"{name}: {err['msg'].lower()} (got {err.get('input')!r})") from None
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
@@ -45,7 +46,7 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
             raise InputError(f"--prompts-file {prompts_file}: no prompts (one per line)")
         prompts += from_file
     if any(not p for p in prompts):
-        raise InputError("--prompt: empty prompt")
+        raise UsageError("--prompt: empty prompt")
     return prompts
 
 

@@ -88,3 +88,15 @@ def test_run_on_a_model_file_says_how_to_build_it(tmp_path):
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF")
     assert_user_error(ingot("run", gguf), f"ingot build {gguf} -o DIR")
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (("bench", "--concurrency", "0"), "--concurrency"),
+    (("bench", "--max-num-tokens", "0"), "--max-num-tokens"),
+    (("run", "--prompt", "Hi", "--temperature", "-1"), "--temperature"),
+    (("run", "--prompt", ""), "--prompt: empty prompt"),
+])
+def test_bad_option_values_are_usage_errors_exit_2(args, option, llama_bundle):
+    proc, took = timed(args[0], llama_bundle, *args[1:])
+    assert_user_error(proc, option, code=2)
+    assert took < FAST_S, took
