@@ -85,7 +85,9 @@ def create_app(manager, state, explicit: bool) -> FastAPI:
         state.check()
         served = manager.get(name)
         if not isinstance(served, LLMServed):
-            raise InvalidArgument(f"model {name!r} is a {served.manifest.model.kind}, not a causal LM: use /v1/embeddings "
+            kind = served.manifest.model.kind
+            raise InvalidArgument(f"model {name!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a causal LM: "
+                                  "use /v1/embeddings "
                                   "or /v2/models/{name}/infer")
         return served
 
