@@ -35,3 +35,19 @@ class Unimplemented(ServeError):
 class LoadError(ServeError):
     """A model version failed to load (corrupt bundle, no target for this machine, ...);
     what was serving keeps serving."""
+
+
+def classify(e: BaseException) -> str:
+    """What an error means to a client, for every front end to map to its own status:
+    invalid, not_found, exhausted, deadline, unimplemented, unavailable or internal."""
+    from ingot.runtime.errors import InputError
+    from ingot.runtime.llm.async_llm import EngineDeadError
+    from ingot.runtime.llm.errors import PromptTooLongError, QueueFullError
+
+    kinds = [  # most specific first
+        ((InvalidArgument, InputError, PromptTooLongError), "invalid"), (NotFound, "not_found"),
+        ((ResourceExhausted, QueueFullError), "exhausted"), ((DeadlineExceeded, TimeoutError), "deadline"),
+        (Unimplemented, "unimplemented"), (Unavailable, "unavailable"), ((EngineDeadError, LoadError), "internal"),
+        (ServeError, "invalid"),
+    ]
+    return next((kind for types, kind in kinds if isinstance(e, types)), "internal")

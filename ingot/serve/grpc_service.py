@@ -20,18 +20,13 @@ from tritonclient.grpc import service_pb2_grpc
 
 from ingot import __version__
 from ingot.plans import DynamicDim, TensorSpec
-from ingot.runtime.errors import InputError, RunError
-from ingot.runtime.llm import EngineDeadError, PromptTooLongError, QueueFullError
+from ingot.runtime.errors import RunError
 from ingot.serve import llm_request, tensors
 from ingot.serve.errors import (
-    DeadlineExceeded,
     InvalidArgument,
-    LoadError,
-    NotFound,
-    ResourceExhausted,
-    ServeError,
     Unavailable,
     Unimplemented,
+    classify,
 )
 from ingot.serve.manager import ModelManager
 from ingot.serve.served import TEXT_INPUT, LLMServed, Served, TensorServed
@@ -39,24 +34,18 @@ from ingot.serve.served import TEXT_INPUT, LLMServed, Served, TensorServed
 log = logging.getLogger("ingot.serve")
 
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "parameters"]
-_CODES = [  # most specific first
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT), (InputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (PromptTooLongError, grpc.StatusCode.INVALID_ARGUMENT), (NotFound, grpc.StatusCode.NOT_FOUND),
-    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED), (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED), (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (Unimplemented, grpc.StatusCode.UNIMPLEMENTED), (Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (EngineDeadError, grpc.StatusCode.INTERNAL), (LoadError, grpc.StatusCode.INTERNAL), (ServeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (RunError, grpc.StatusCode.INTERNAL),
-]
+_CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
+          "exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED, "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
+          "unimplemented": grpc.StatusCode.UNIMPLEMENTED, "unavailable": grpc.StatusCode.UNAVAILABLE,
+          "internal": grpc.StatusCode.INTERNAL}
 
 
 def status_of(e: BaseException) -> tuple[grpc.StatusCode, str]:
     """The one mapping of errors to gRPC status codes; an unexpected error is INTERNAL."""
-    for kind, code in _CODES:
-        if isinstance(e, kind):
-            if isinstance(e, TimeoutError):
-                return code, "the request's timeout passed before it finished"
-            return code, str(e)
+    if isinstance(e, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "the request's timeout passed before it finished"
+    if isinstance(e, RunError):
+        return _CODES[classify(e)], str(e)
     log.exception("internal error", exc_info=e)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
 

@@ -22,36 +22,27 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from ingot import __version__
-from ingot.runtime.errors import InputError, RunError
-from ingot.runtime.llm import EngineDeadError, PromptTooLongError, QueueFullError
+from ingot.runtime.errors import RunError
 from ingot.serve import openai_protocol as oa
 from ingot.serve import tensors
 from ingot.serve.errors import (
-    DeadlineExceeded,
     InvalidArgument,
-    LoadError,
-    NotFound,
-    ResourceExhausted,
     ServeError,
     Unavailable,
     Unimplemented,
+    classify,
 )
 from ingot.serve.served import LLMServed, Served, TensorServed
 
-_STATUS = [  # most specific first
-    (RequestValidationError, 400, "invalid_request_error"), (ValidationError, 400, "invalid_request_error"),
-    (InvalidArgument, 400, "invalid_request_error"), (InputError, 400, "invalid_request_error"),
-    (PromptTooLongError, 400, "invalid_request_error"), (Unimplemented, 400, "invalid_request_error"),
-    (NotFound, 404, "not_found_error"), (ResourceExhausted, 429, "rate_limit_error"),
-    (QueueFullError, 429, "rate_limit_error"), (DeadlineExceeded, 408, "timeout_error"),
-    (TimeoutError, 408, "timeout_error"), (Unavailable, 503, "service_unavailable_error"),
-    (EngineDeadError, 500, "internal_error"), (LoadError, 500, "internal_error"),
-    (ServeError, 400, "invalid_request_error"), (RunError, 500, "internal_error"),
-]
+_STATUS = {"invalid": (400, "invalid_request_error"), "not_found": (404, "not_found_error"),
+           "exhausted": (429, "rate_limit_error"), "deadline": (408, "timeout_error"),
+           "unimplemented": (400, "invalid_request_error"), "unavailable": (503, "service_unavailable_error"),
+           "internal": (500, "internal_error")}
 
 
 def _error(e: BaseException, openai: bool) -> JSONResponse:
-    status, kind = next(((s, k) for t, s, k in _STATUS if isinstance(e, t)), (500, "internal_error"))
+    invalid = isinstance(e, RequestValidationError | ValidationError)
+    status, kind = _STATUS["invalid" if invalid else classify(e)]
     message = _message(e)
     if openai:
         body = oa.ErrorResponse(error=oa.ErrorBody(message=message, type=kind, code=status)).model_dump()
