@@ -14,7 +14,7 @@ import typer
 
 from ingot import __version__
 from ingot.cli import render
-from ingot.cli.bench import bench
+from ingot.cli.bench import KV_DEFAULT, KV_NOT_COVERED, bench
 from ingot.cli.errors import run_guarded, split_debug
 
 app = typer.Typer(
@@ -122,7 +122,7 @@ def run(
     ignore_eos: Annotated[bool, typer.Option(help="LLM: keep generating past EOS.", rich_help_panel="Generation")] = False,
     stream: Annotated[bool, typer.Option(help="LLM: print tokens as they come.", rich_help_panel="Generation")] = False,
     chat: Annotated[bool, typer.Option(help="LLM: wrap each prompt in the tokenizer's chat template.", rich_help_panel="Generation")] = False,
-    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: KV cache size, bytes (2e9, 512MiB) or a fraction of RAM (0.5).", rich_help_panel="Generation")] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache, bytes (2e9, 512MiB) or a fraction of available RAM (0.5). Default: what these prompts and --max-tokens need, at least one max_model_len sequence. " + KV_NOT_COVERED, rich_help_panel="Generation", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a bundle on this machine (checksums are checked first); LLM bundles generate text from --prompt."""
@@ -180,7 +180,7 @@ def serve(
     max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = 64 << 20,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads of each model (default: ONNX Runtime's).")] = None,
-    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: KV cache size, bytes (2e9, 512MiB) or a fraction of RAM (0.5).")] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache of each model, bytes (2e9, 512MiB) or a fraction of available RAM (0.5). Default: " + KV_DEFAULT + " " + KV_NOT_COVERED, show_default=False)] = None,
     max_num_tokens: Annotated[int | None, typer.Option(help="LLM: token budget of a step (default 768, at most the plan's).")] = None,
 ) -> None:
     """Serve a model repository over the KServe v2 / Triton gRPC protocol; prints READY when every model is loaded."""
@@ -235,7 +235,7 @@ def merge(
 @app.command(name="eval")
 def eval_(
     bundle: Annotated[Path, typer.Argument(help="Causal-LM bundle folder.")],
-    text: Annotated[Path, typer.Option("--text", help="Text file to measure perplexity on.")],
+    text_file: Annotated[Path, typer.Option("--text-file", "-f", help="Text file to measure perplexity on.")],
     window: Annotated[int | None, typer.Option(help="Tokens per window, non-overlapping (default 512, or the bundle's limit).")] = None,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
     json_out: JsonOpt = False,
@@ -243,9 +243,9 @@ def eval_(
     """Perplexity of a causal-LM bundle on your own text (any precision, any target this machine runs)."""
     from ingot.runtime import InputError, load
 
-    if not text.is_file():
-        raise InputError(f"--text: file not found: {text}")
-    result = load(bundle, target).perplexity(text.read_text(encoding="utf-8", errors="replace"), window)
+    if not text_file.is_file():
+        raise InputError(f"--text-file: file not found: {text_file}")
+    result = load(bundle, target).perplexity(text_file.read_text(encoding="utf-8", errors="replace"), window)
     if json_out:
         render.print_json(result.model_dump())
     else:

@@ -13,6 +13,11 @@ import typer
 if TYPE_CHECKING:
     from ingot.runtime.llm.bench import BenchConfig, BenchResult
 
+# --kv-cache-memory's help (bench, run, serve): what the default is, and what the budget leaves out
+KV_DEFAULT = "max_num_seqs sequences of max_model_len, at most 25% of available RAM."
+KV_NOT_COVERED = ("Not counted in it: the weights, ONNX Runtime's buffers, and on the CPU target the attention "
+                  "windows, a copy of the running sequences' K/V (their bound is printed at load).")
+
 LOCAL_ONLY = ("kv_cache_memory", "threads", "max_num_tokens", "target")
 
 
@@ -28,7 +33,7 @@ def bench(
     url: Annotated[str | None, typer.Option(help="Benchmark a running `ingot serve`: grpc://HOST:PORT or http://HOST:PORT.")] = None,
     tokenizer: Annotated[Path | None, typer.Option(help="With --url: a bundle (or tokenizer folder) to make the prompts with.")] = None,
     model: Annotated[str | None, typer.Option(help="With --url: the served model (default: the only one).")] = None,
-    kv_cache_memory: Annotated[str | None, typer.Option(help="KV cache: bytes (512MiB) or a RAM fraction (0.5).")] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="The paged KV cache: bytes (512MiB) or a fraction of available RAM (0.5). Default: " + KV_DEFAULT + " " + KV_NOT_COVERED, show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads of the model (default: the runtime's).")] = None,
     max_num_tokens: Annotated[int | None, typer.Option(help="Token budget per step, up to the plan's limit (default 768; smaller: earlier first tokens).")] = None,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,

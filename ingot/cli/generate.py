@@ -61,22 +61,47 @@ def check_llm_bundle(bundle: Path):
     return manifest
 
 
-def check_prompt_lengths(bundle: Path, manifest, prompts: list[str]) -> None:
-    """Refuse a prompt longer than the plan's max_model_len with the tokenizer alone (before the
-    KV cache is allocated); the engine counts the same way (BOS as recorded at build)."""
-    from ingot.runtime.llm.errors import PromptTooLongError
+def prompt_lengths(bundle: Path, manifest, prompts: list[str]) -> list[int] | None:
+    """Tokens of each prompt as the engine counts them (BOS as recorded at build), with the
+    tokenizer alone (before the KV cache is allocated); None for a bundle without a tokenizer."""
     from ingot.runtime.tokenizer import TextTokenizer
 
-    llm = manifest.llm
     if manifest.tokenizer is None:
-        return
+        return None
+    llm = manifest.llm
     tok = TextTokenizer(Path(bundle), manifest.tokenizer).tok
     bos = 1 if llm.add_bos and llm.bos_token_id is not None else 0
-    for index, prompt in enumerate(prompts):
-        count = bos + len(tok.encode(prompt, add_special_tokens=False).ids)
-        if count > llm.max_model_len:
-            where = "" if len(prompts) == 1 else f" {index}"
-            raise PromptTooLongError(f"prompt{where} has {count} tokens, more than max_model_len {llm.max_model_len}")
+    return [bos + len(tok.encode(prompt, add_special_tokens=False).ids) for prompt in prompts]
+
+
+def check_prompt_lengths(manifest, lengths: list[int]) -> None:
+    """Refuse a prompt longer than the plan's max_model_len."""
+    from ingot.runtime.llm.errors import PromptTooLongError
+
+    limit = manifest.llm.max_model_len
+    for index, count in enumerate(lengths):
+        if count > limit:
+            where = "" if len(lengths) == 1 else f" {index}"
+            raise PromptTooLongError(f"prompt{where} has {count} tokens, more than max_model_len {limit}")
+
+
+CHAT_MARGIN = 32  # tokens a chat template adds around a message, for sizing the KV cache only
+
+
+def kv_memory_for(manifest, lengths: list[int], max_tokens: int) -> int | None:
+    """The default KV cache of `ingot run`: the blocks these prompts and their outputs need, at
+    least one max_model_len sequence; None (the runtime's default) when that is no smaller."""
+    from ingot.plans.llm import blocks_needed
+    from ingot.runtime.llm.kv_cache import DEFAULT_FRACTION, available_memory
+
+    info = manifest.llm
+    block = info.kv_block_size
+    blocks = sum(blocks_needed(min(n + max_tokens, info.max_model_len), block) for n in lengths)
+    blocks = max(blocks, blocks_needed(info.max_model_len, block))
+    if blocks >= info.max_num_seqs * blocks_needed(info.max_model_len, block):
+        return None
+    nbytes = blocks * info.kv_bytes_per_block
+    return None if nbytes > available_memory() * DEFAULT_FRACTION else nbytes
 
 
 def _a(word: str) -> str:
@@ -87,8 +112,12 @@ def generate(bundle: Path, prompts: list[str], params, *, chat: bool, stream: bo
              kv_cache_memory: int | float | None, target: str | None) -> None:
     """Run every prompt concurrently and print the results in input order."""
     manifest = check_llm_bundle(bundle)
-    if not chat:  # a chat template adds tokens: the engine checks those prompts
-        check_prompt_lengths(bundle, manifest, prompts)
+    lengths = prompt_lengths(bundle, manifest, prompts)
+    if lengths is not None and not chat:  # a chat template adds tokens: the engine checks those prompts
+        check_prompt_lengths(manifest, lengths)
+    if kv_cache_memory is None and lengths is not None:
+        margin = CHAT_MARGIN if chat else 0
+        kv_cache_memory = kv_memory_for(manifest, [n + margin for n in lengths], params.max_tokens)
     if stream:
         import asyncio
 

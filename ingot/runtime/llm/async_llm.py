@@ -38,7 +38,7 @@ class AsyncLLM:
         self._ids = itertools.count()
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path, *, kv_cache_memory: int | float | None = None,
+    def from_bundle(cls, bundle: str | Path, *, kv_cache_memory: int | float | str | None = None,
                     threads: int | None = None, target: str | None = None, max_waiting: int = 1024,
                     max_num_tokens: int | None = None, max_num_seqs: int | None = None) -> AsyncLLM:
         runner = load_runner(bundle, kv_cache_memory=kv_cache_memory, target=target, threads=threads)

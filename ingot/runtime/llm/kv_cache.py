@@ -30,19 +30,24 @@ def available_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def num_blocks_for(info: LLMInfo, kv_cache_memory: int | float | None) -> int:
-    """Blocks that fit `kv_cache_memory` (bytes, or a fraction (0, 1] of available memory).
+def num_blocks_for(info: LLMInfo, kv_cache_memory: int | float | str | None) -> int:
+    """Blocks that fit `kv_cache_memory`: bytes, a fraction (0, 1] of available memory, or the
+    CLI's text ("512MiB", "2e9", "0.5").
 
     By default: what max_num_seqs full-length sequences need, capped at a quarter of the
-    available memory. Fails if not even one max_model_len sequence fits.
+    available memory. Fails if not even one max_model_len sequence fits, or if the pool would
+    take more than the memory available now.
     """
+    if isinstance(kv_cache_memory, str):
+        kv_cache_memory = parse_memory(kv_cache_memory, "kv_cache_memory")
     per_block = info.kv_bytes_per_block
     minimum = blocks_needed(info.max_model_len, info.kv_block_size)  # one max_model_len sequence
     need = info.max_num_seqs * minimum
+    available = available_memory()
     if kv_cache_memory is None:
-        blocks = min(need, int(available_memory() * DEFAULT_FRACTION) // per_block)
+        blocks = min(need, int(available * DEFAULT_FRACTION) // per_block)
     elif 0 < kv_cache_memory <= 1 and isinstance(kv_cache_memory, float):
-        blocks = int(available_memory() * kv_cache_memory) // per_block
+        blocks = int(available * kv_cache_memory) // per_block
     else:
         blocks = int(kv_cache_memory) // per_block
     if blocks < minimum:
@@ -50,14 +55,33 @@ def num_blocks_for(info: LLMInfo, kv_cache_memory: int | float | None) -> int:
             f"KV cache of {blocks} blocks ({blocks * per_block} bytes) holds fewer tokens than max_model_len "
             f"{info.max_model_len}; give --kv-cache-memory at least {minimum * per_block} bytes"
         )
+    if blocks * per_block > available:
+        raise RunError(f"--kv-cache-memory {format_bytes(blocks * per_block)} is more than the "
+                       f"{format_bytes(available)} of memory available now; give less (e.g. 0.5 for half of it)")
     return blocks
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; for messages."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
 
 
 class KVCache:
     def __init__(self, info: LLMInfo, num_blocks: int):
         shape = (info.num_layers, 2, info.num_kv_heads, num_blocks, info.kv_block_size, info.head_dim)
         self.info, self.num_blocks = info, num_blocks
-        self.pool = populated(shape)
+        try:
+            self.pool = populated(shape)
+        except (OSError, MemoryError) as e:  # ENOMEM: committed elsewhere since the budget was checked
+            raise RunError(f"could not allocate the KV cache ({num_blocks} blocks, "
+                           f"{format_bytes(num_blocks * info.kv_bytes_per_block)}): {e}; "
+                           "give a smaller --kv-cache-memory") from None
         # the caches by name (ingot.plans.llm.key_cache), for the windows' gathers
         self.caches = {name: self.pool[layer, kv] for layer in range(info.num_layers)
                       for kv, name in ((0, names.key_cache(layer)), (1, names.value_cache(layer)))}

@@ -27,7 +27,7 @@ class LLM:
     >>> llm.generate("The capital of France is", SamplingParams(temperature=0, max_tokens=8))[0].text
     """
 
-    def __init__(self, bundle: str | Path, *, kv_cache_memory: int | float | None = None,
+    def __init__(self, bundle: str | Path, *, kv_cache_memory: int | float | str | None = None,
                  threads: int | None = None, target: str | None = None, max_waiting: int = 1024,
                  max_num_tokens: int | None = None):
         runner = load_runner(bundle, kv_cache_memory=kv_cache_memory, target=target, threads=threads)

@@ -20,7 +20,7 @@ from ingot.runtime.model import Model
 
 
 class OrtRunner:
-    def __init__(self, model: Model, kv_cache_memory: int | float | None = None):
+    def __init__(self, model: Model, kv_cache_memory: int | float | str | None = None):
         """`model`: a bundle loaded for its cpu target (ingot.runtime.load), with an LLM plan."""
         info = model.manifest.llm
         assert info is not None and model.tokenizer is not None, model.manifest.model.id

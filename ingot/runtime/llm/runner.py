@@ -51,11 +51,12 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-def load_runner(bundle: str | Path, *, kv_cache_memory: int | float | None = None, target: str | None = None,
+def load_runner(bundle: str | Path, *, kv_cache_memory: int | float | str | None = None, target: str | None = None,
                 threads: int | None = None) -> Runner:
     """Open `bundle` for generation on this machine: verify it, select its target, and open
-    the runner of that target's backend with a KV pool of `kv_cache_memory` (bytes, or a
-    fraction of available memory; default: see kv_cache.num_blocks_for)."""
+    the runner of that target's backend with a KV pool of `kv_cache_memory` (bytes, a
+    fraction of available memory, or text as the CLI takes it, "256MiB"; default: see
+    kv_cache.num_blocks_for)."""
     from ingot.runtime.errors import RunError
     from ingot.runtime.model import load
 

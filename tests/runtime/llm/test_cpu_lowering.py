@@ -190,3 +190,20 @@ def test_calls_of_more_tokens_than_max_model_len_run(llama_bundle):
     logits = load(llama_bundle).run({"input_ids": ids, "attention_mask": np.ones_like(ids)})["logits"]
     one = load(llama_bundle).run({"input_ids": ids[8:], "attention_mask": np.ones_like(ids[8:])})["logits"]
     np.testing.assert_allclose(logits[8], one[0], atol=1e-4)
+
+
+def test_kv_cache_memory_as_text_in_the_python_api(llama_bundle):
+    """The API takes "256KiB" as the CLI's --kv-cache-memory does; a bad text is one InputError."""
+    from ingot.runtime.errors import InputError
+
+    per_block = open_bundle(llama_bundle).manifest.llm.kv_bytes_per_block
+    assert load_runner(llama_bundle, kv_cache_memory="1MiB").num_blocks == (1 << 20) // per_block
+    with pytest.raises(InputError, match="kv_cache_memory 'lots': expected bytes"):
+        load_runner(llama_bundle, kv_cache_memory="lots")
+
+
+def test_kv_cache_over_the_available_memory_is_one_clear_error(llama_bundle):
+    from ingot.runtime.errors import RunError
+
+    with pytest.raises(RunError, match=r"--kv-cache-memory 1\.0 TiB is more than the .* of memory available now"):
+        load_runner(llama_bundle, kv_cache_memory=2**40)
