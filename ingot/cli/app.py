@@ -16,6 +16,7 @@ from ingot import __version__
 from ingot.cli import render
 from ingot.cli.bench import KV_DEFAULT, KV_NOT_COVERED, bench
 from ingot.cli.errors import run_guarded, split_debug
+from ingot.cli.help import SectionedCommand
 
 app = typer.Typer(
     name="ingot",
@@ -23,8 +24,26 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: whole flag names at 80 columns, flags without a type, copyable text
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the ingot version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error instead of one line (accepted anywhere on the command line; or INGOT_DEBUG=1).")] = False,
+) -> None:
+    # main() takes --debug out of argv (split_debug) so that it works after a command too;
+    # it is declared here so that `ingot --help` lists it.
+    pass
+
 
 class Quant(str, Enum):
     none = "none"
@@ -40,13 +59,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 def build(
     source: Annotated[str, typer.Argument(help="HF model folder, .gguf or .onnx file, or module:function.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to write (or add a target to).")],
-    target: Annotated[list[str], typer.Option("--target", "-t", help="cpu (default), cpu-x86_64, sm_90, ...")] = [],  # noqa: B006
+    target: Annotated[list[str], typer.Option("--target", "-t", metavar="<str>", help="cpu (default), cpu-x86_64, sm_90, ... (repeatable).")] = [],  # noqa: B006
     name: Annotated[str | None, typer.Option(help="Model id recorded in the manifest.")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare the plan with the source model.")] = True,
     atol: Annotated[float, typer.Option(help="Verification: absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Verification: tolerance relative to max |reference|.")] = 1e-3,
     opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 21,
-    dim: Annotated[list[str], typer.Option("--dim", help="Range of a dynamic dim: NAME=MIN:MAX (repeatable).")] = [],  # noqa: B006
+    dim: Annotated[list[str], typer.Option("--dim", metavar="<str>", help="Range of a dynamic dim: NAME=MIN:MAX (repeatable).")] = [],  # noqa: B006
     overwrite: Annotated[bool, typer.Option(help="Replace a bundle of a different model at --output.")] = False,
     quant: Annotated[Quant, typer.Option(help="Quantize weights (and FP8 activations) as ONNX Q/DQ.")] = Quant.none,
     block_size: Annotated[int | None, typer.Option(help="INT4: weights per scale along the input dim (power of 2 >= 16; default 32 for --quant int4 on causal LMs, else 128).", show_default=False)] = None,
@@ -54,7 +73,7 @@ def build(
     calib_samples: Annotated[int, typer.Option(help="Calibration samples (windows or rows).")] = 32,
     calib_seq_len: Annotated[int, typer.Option(help="Tokens per calibration window (text).")] = 256,
     calib_method: Annotated[str, typer.Option(help="FP8 activation range: max or percentile.")] = "max",
-    exclude: Annotated[list[str], typer.Option("--exclude", help="Keep layers matching this pattern in float (repeatable).")] = [],  # noqa: B006
+    exclude: Annotated[list[str], typer.Option("--exclude", metavar="<str>", help="Keep layers matching this pattern in float (repeatable).")] = [],  # noqa: B006
     accuracy_level: Annotated[int, typer.Option(help="INT4 on CPU: MatMulNBits activation accuracy (4 = int8, 0 = fp32).")] = 4,
     quant_lm_head: Annotated[bool, typer.Option("--quant-lm-head", help="Quantize the LM head too (kept float by default).")] = False,
     massive_ratio: Annotated[float, typer.Option(help="FP8 and int4-awq: keep a layer in float when its input's max |x| is this many times the median channel's mean |x| (0: never).")] = 100.0,
@@ -75,7 +94,7 @@ def build(
     kv_block_size: Annotated[int, typer.Option(help="Paged LLM: tokens per KV-cache block.")] = 16,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build SOURCE into a plan bundle (atomically; a failed build leaves --output as it was)."""
+    """Build SOURCE into a plan bundle. Atomic: a failed build leaves --output as it was."""
     from ingot.builder.config import build_config
     from ingot.builder.pipeline import build as run_build
     from ingot.cli.progress import stage
@@ -93,6 +112,8 @@ def build(
         kv_block_size=kv_block_size,
     )
     manifest = run_build(cfg, stage)
+    for note in manifest.notes:  # what the build could not do: said on stderr, kept in the manifest
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     if json_out:
         render.print_json({"bundle": str(output), "manifest": manifest.model_dump(mode="json")})
     else:
@@ -103,29 +124,29 @@ GENERATION_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "st
                       "kv_cache_memory")
 
 
-@app.command()
+@app.command(cls=SectionedCommand)
 def run(
     ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
-    text: Annotated[list[str], typer.Option("--text", help="Input text (repeatable): one batch row each.")] = [],  # noqa: B006
-    input: Annotated[list[str], typer.Option("--input", "-i", help="NAME=FILE.npy (repeatable).")] = [],  # noqa: B006
+    text: Annotated[list[str], typer.Option("--text", metavar="<str>", help="Input text (repeatable): one batch row each.")] = [],  # noqa: B006
+    input: Annotated[list[str], typer.Option("--input", "-i", metavar="<str>", help="NAME=FILE.npy (repeatable).")] = [],  # noqa: B006
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Save outputs to OUT.npz.")] = None,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="LLM bundles: generate from this prompt (repeatable).", rich_help_panel="Generation")] = [],  # noqa: B006
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", metavar="<str>", help="LLM bundles: generate from this prompt (repeatable).", rich_help_panel="Generation")] = [],  # noqa: B006
     prompts_file: Annotated[Path | None, typer.Option(help="LLM: one prompt per line, all run concurrently.", rich_help_panel="Generation")] = None,
     max_tokens: Annotated[int, typer.Option(help="LLM: output tokens at most.", rich_help_panel="Generation")] = 64,
     temperature: Annotated[float, typer.Option(help="LLM: 0 = greedy.", rich_help_panel="Generation")] = 0.0,
     top_p: Annotated[float, typer.Option(help="LLM: nucleus mass (1 = off).", rich_help_panel="Generation")] = 1.0,
     top_k: Annotated[int, typer.Option(help="LLM: keep the k most likely tokens (0 = off).", rich_help_panel="Generation")] = 0,
     seed: Annotated[int | None, typer.Option(help="LLM: per-request sampling seed.", rich_help_panel="Generation")] = None,
-    stop: Annotated[list[str], typer.Option("--stop", help="LLM: stop string (repeatable).", rich_help_panel="Generation")] = [],  # noqa: B006
+    stop: Annotated[list[str], typer.Option("--stop", metavar="<str>", help="LLM: stop string (repeatable).", rich_help_panel="Generation")] = [],  # noqa: B006
     ignore_eos: Annotated[bool, typer.Option(help="LLM: keep generating past EOS.", rich_help_panel="Generation")] = False,
     stream: Annotated[bool, typer.Option(help="LLM: print tokens as they come.", rich_help_panel="Generation")] = False,
     chat: Annotated[bool, typer.Option(help="LLM: wrap each prompt in the tokenizer's chat template.", rich_help_panel="Generation")] = False,
     kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache, bytes (2e9, 512MiB) or a fraction of available RAM (0.5). Default: what these prompts and --max-tokens need, at least one max_model_len sequence. " + KV_NOT_COVERED, rich_help_panel="Generation", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Run a bundle on this machine (checksums are checked first); LLM bundles generate text from --prompt."""
+    """Run a bundle on this machine; LLM bundles generate from --prompt. Checksums are checked first."""
     from ingot.runtime import InputError, load
     from ingot.runtime.inputs import load_npy
 
@@ -174,7 +195,7 @@ def serve(
     http_port: Annotated[int, typer.Option(help="HTTP port: the OpenAI-compatible API and KServe v2 REST (0: any free port).")] = 8000,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0: any free port).")] = 8002,
     model_control_mode: Annotated[ControlMode, typer.Option(help="none: load every model at start; explicit: --load-model, then the load/unload RPCs.")] = ControlMode.none,
-    load_model: Annotated[list[str], typer.Option("--load-model", help="explicit mode: a model to load at start (repeatable).")] = [],  # noqa: B006
+    load_model: Annotated[list[str], typer.Option("--load-model", metavar="<str>", help="explicit mode: a model to load at start (repeatable).")] = [],  # noqa: B006
     model_name: Annotated[str | None, typer.Option(help="A single bundle's model name (default: its folder's name).")] = None,
     grace_period: Annotated[float, typer.Option(help="Seconds in-flight requests may drain after SIGTERM/SIGINT.")] = 30.0,
     max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = 64 << 20,
@@ -183,7 +204,7 @@ def serve(
     kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache of each model, bytes (2e9, 512MiB) or a fraction of available RAM (0.5). Default: " + KV_DEFAULT + " " + KV_NOT_COVERED, show_default=False)] = None,
     max_num_tokens: Annotated[int | None, typer.Option(help="LLM: token budget of a step (default 768, at most the plan's).")] = None,
 ) -> None:
-    """Serve a model repository over the KServe v2 / Triton gRPC protocol; prints READY when every model is loaded."""
+    """Serve a model repository over gRPC (KServe v2) and HTTP (OpenAI). Prints READY when every model is loaded."""
     from ingot.runtime.llm.kv_cache import parse_memory
     from ingot.serve.served import RuntimeOptions
     from ingot.serve.server import ServeOptions, run as serve_run, setup_logging
@@ -205,7 +226,7 @@ def inspect(
     check: Annotated[bool, typer.Option("--check", help="Also verify every file's sha256.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show what a bundle holds: model, I/O, tokenizer, targets and their verification."""
+    """Show what a bundle holds. The model, its I/O and tokenizer, the targets and their verification."""
     from ingot.plans import open_bundle
 
     b = open_bundle(bundle, verify=check)
@@ -222,7 +243,7 @@ def merge(
     overwrite: Annotated[bool, typer.Option(help="Replace a bundle of a different model at --output.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Merge bundles of one model into one bundle holding all their targets."""
+    """Merge bundles of one model into one holding all their targets."""
     from ingot.plans import merge_bundles
 
     manifest = merge_bundles(output, bundles, overwrite=overwrite)
@@ -240,7 +261,7 @@ def eval_(
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Perplexity of a causal-LM bundle on your own text (any precision, any target this machine runs)."""
+    """Perplexity of a causal-LM bundle on a text file. Any precision, any target this machine runs."""
     from ingot.runtime import InputError, load
 
     if not text_file.is_file():

@@ -39,7 +39,7 @@ def bench(
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")] = False,
 ) -> None:
-    """Measure throughput and latency of an LLM bundle, or of a server (--url): N requests, at most C in flight."""
+    """Throughput and latency of an LLM bundle, or of a server (--url). N requests, at most C in flight."""
     from ingot.cli import render
 
     cfg = _config(num_requests=num_requests, prompt_len=prompt_len, output_len=output_len, concurrency=concurrency,
