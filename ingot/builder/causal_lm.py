@@ -41,6 +41,38 @@ def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName
     return hf
 
 
+# What each family needs that paged plans do not have yet (paged: paged.SUPPORTED)
+MISSING = {
+    "Qwen3ForCausalLM": "q/k norm",
+    "Qwen3MoeForCausalLM": "q/k norm and mixture-of-experts layers",
+    "Gemma2ForCausalLM": "sliding-window layers, attention logit soft-capping, GeGLU and scaled embeddings",
+    "Gemma3ForCausalLM": "sliding-window layers, q/k norm, GeGLU and scaled embeddings",
+    "Gemma3ForConditionalGeneration": "sliding-window layers, q/k norm, GeGLU and scaled embeddings",
+    "GemmaForCausalLM": "GeGLU and scaled embeddings",
+    "Phi3ForCausalLM": "fused qkv and gate_up projections",
+}
+
+
+def unpaged_note(loaded: LoadedModel, cfg: BuildConfig) -> str | None:
+    """Why a causal LM gets a dense plan only, for the build's output and the manifest's notes
+    (None: not a causal LM, paged, or --layout dense asked for)."""
+    from ingot.builder.paged import SUPPORTED
+
+    if loaded.kind != "causal-lm" or cfg.layout == "dense":
+        return None
+    hf = getattr(loaded.module, "model", None)
+    what = "generation (`ingot run --prompt`, completions in `ingot serve`) refuses it; --text, --input and `ingot eval` run it"
+    paged = ", ".join(sorted(a.removesuffix("ForCausalLM") for a in SUPPORTED))
+    if hf is None:
+        return f"no LLM plan: a paged plan needs a Hugging Face causal LM ({paged}); built a dense plan: {what}"
+    arch = (hf.config.architectures or [type(hf).__name__])[0]
+    if arch in SUPPORTED:
+        return None
+    missing = MISSING.get(arch, "an attention layout paged plans do not cover yet")
+    return f"no LLM plan: {arch} needs {missing}, which paged plans do not have yet (they page {paged}); " \
+           f"built a dense plan: {what}"
+
+
 def llm_limits(cfg: BuildConfig, hf_model) -> dict[str, int]:
     model_max = getattr(hf_model.config, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
     max_len = cfg.max_model_len or min(model_max, DEFAULT_MAX_MODEL_LEN)

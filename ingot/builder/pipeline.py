@@ -68,6 +68,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
         loaded.dims = apply_dim_ranges(loaded.dims, cfg.dims)
     writer.check_model(_model_info(loaded))  # another model's bundle at --output: refused before export
     hf_model = paged.paged_source(loaded, cfg, targets)
+    notes = [n for n in [paged.unpaged_note(loaded, cfg)] if n is not None and hf_model is None]
     with stage("export to ONNX"):
         model = export_onnx(loaded, cfg.opset) if hf_model is None else paged.export(hf_model, cfg)
     llm = loaded.llm if hf_model is None else paged.info(hf_model, cfg, loaded.tokenizer)
@@ -100,6 +101,7 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
             tokenizer=_save_tokenizer(loaded, writer),
             llm=llm,
             targets=built,
+            notes=notes,
         )
         with stage("write bundle"):
             return writer.commit(manifest)

@@ -25,6 +25,8 @@ def manifest_table(manifest: Manifest, root: Path) -> None:
     out.print(f"[bold]{m.id}[/bold]  {m.kind}  {m.architecture or ''}  precision {manifest.precision}")
     out.print(f"source: {m.source.type} {m.source.name} (sha256 {m.source.sha256[:12]}…)")
     out.print(f"bundle: {root}  schema v{manifest.schema_version}, ingot {manifest.ingot_version}")
+    for note in manifest.notes:  # what the build could not do (e.g. "no LLM plan: ...")
+        out.print(f"[yellow]note:[/yellow] {note}")
     if manifest.quantization:
         quantization(manifest.quantization)
     io = Table("", "name", "dtype", "shape", title="inputs / outputs", title_justify="left")

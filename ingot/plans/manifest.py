@@ -198,6 +198,7 @@ class Manifest(_Frozen):
     tokenizer: TokenizerInfo | None = None
     llm: LLMInfo | None = None  # a paged causal-LM plan (generation)
     targets: dict[str, Target]
+    notes: list[str] = []  # what the build could not do, said once at build and kept (e.g. no LLM plan, and why)
 
     @model_validator(mode="after")
     def _keys_match(self) -> Manifest:

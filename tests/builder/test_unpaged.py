@@ -1,0 +1,44 @@
+"""A causal LM that Ingot cannot page yet builds a dense plan, and says so (issue 20, point 2)."""
+
+import json
+import shutil
+
+from tests.conftest import ingot
+
+
+def tiny_qwen3(folder, tokenizer_dir):
+    """A tiny random Qwen3 (q/k norm: not paged yet) with the tiny Llama's tokenizer."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, vocab_size=320, max_position_embeddings=256,
+                      bos_token_id=0, eos_token_id=1)
+    Qwen3ForCausalLM(cfg).eval().save_pretrained(folder)
+    for f in tokenizer_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_unpaged_family_builds_dense_with_a_warning_naming_what_is_missing(tiny_llama_dir, tmp_path):
+    src = tiny_qwen3(tmp_path / "qwen3", tiny_llama_dir)
+    out = tmp_path / "bundle"
+    proc = ingot("build", src, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: no LLM plan")]
+    assert len(warning) == 1, proc.stderr
+    assert "Qwen3ForCausalLM needs q/k norm" in warning[0] and "ingot run --prompt" in warning[0]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["llm"] is None and manifest["notes"] == [warning[0].removeprefix("warning: ")]
+    shown = ingot("inspect", out)
+    assert shown.returncode == 0 and "no LLM plan" in shown.stdout, shown.stdout
+    refused = ingot("run", out, "--prompt", "hi")
+    assert refused.returncode == 1 and "without an LLM plan" in refused.stderr
+
+
+def test_paged_family_and_dense_layout_have_no_note(llama_bundle, tiny_llama_dir, tmp_path):
+    assert json.loads((llama_bundle / "manifest.json").read_text())["notes"] == []
+    proc = ingot("build", tiny_llama_dir, "-o", tmp_path / "dense", "--layout", "dense", "--no-verify")
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
