@@ -95,27 +95,28 @@ def create_app(manager, state, explicit: bool) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: oa.CompletionRequest, request: Request):
         served = llm(body.model)
-        if body.logprobs is not None or body.echo:
-            raise InvalidArgument("logprobs and echo are not supported")
+        if body.echo:
+            raise InvalidArgument("echo is not supported (prompt logprobs are not computed)")
         prompt, ids = _completion_prompt(served, body.prompt)
         gens = _start(served, prompt, ids, body)
         if body.stream:
             return _sse(_completion_chunks(body, gens))
         outs = await _until_disconnect(request, _collect(gens))
-        choices = [oa.CompletionChoice(index=i, text=o.text, finish_reason=_reason(o)) for i, o in enumerate(outs)]
+        choices = [oa.CompletionChoice(index=i, text=o.text, finish_reason=_reason(o),
+                                       logprobs=None if o.logprobs is None else oa.CompletionLogprobs.of(o.logprobs))
+                   for i, o in enumerate(outs)]
         return oa.CompletionResponse(model=body.model, choices=choices, usage=_usage(outs)).model_dump(exclude_none=True)
 
     @app.post("/v1/chat/completions")
     async def chat(body: oa.ChatCompletionRequest, request: Request):
         served = llm(body.model)
-        if body.logprobs or body.top_logprobs:
-            raise InvalidArgument("logprobs are not supported")
         text, ids = served.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages])
         gens = _start(served, text, ids, body)
         if body.stream:
             return _sse(_chat_chunks(body, gens))
         outs = await _until_disconnect(request, _collect(gens))
-        choices = [oa.ChatChoice(index=i, message={"role": "assistant", "content": o.text}, finish_reason=_reason(o))
+        choices = [oa.ChatChoice(index=i, message={"role": "assistant", "content": o.text}, finish_reason=_reason(o),
+                                 logprobs=None if o.logprobs is None else oa.ChatLogprobs.of(o.logprobs))
                    for i, o in enumerate(outs)]
         return oa.ChatCompletionResponse(model=body.model, choices=choices, usage=_usage(outs)).model_dump(
             exclude_none=True)
@@ -450,13 +451,16 @@ async def _merged(gens: list) -> AsyncIterator[tuple[int, object]]:
 
 async def _completion_chunks(body: oa.CompletionRequest, gens: list) -> AsyncIterator[str]:
     head = oa.CompletionResponse(model=body.model, choices=[])
-    last = {}
+    last, offsets = {}, [0] * len(gens)  # offsets: characters of token text sent, per choice
     async for i, out in _merged(gens):
         last[i] = out
-        if out.delta_text or out.finished:
-            chunk = head.model_copy(update={"choices": [oa.CompletionChoice(index=i, text=out.delta_text,
-                                                                            finish_reason=_reason(out))]})
-            yield _data(chunk.model_dump(exclude_none=True))
+        if out.delta_text or out.finished or out.delta_logprobs:
+            logprobs = None
+            if out.delta_logprobs is not None:
+                logprobs = oa.CompletionLogprobs.of(out.delta_logprobs, offsets[i])
+                offsets[i] += sum(len(t) for t in logprobs.tokens)
+            choice = oa.CompletionChoice(index=i, text=out.delta_text, finish_reason=_reason(out), logprobs=logprobs)
+            yield _data(head.model_copy(update={"choices": [choice]}).model_dump(exclude_none=True))
     if body.stream_options and body.stream_options.include_usage and last:
         outs = [last[i] for i in sorted(last)]
         yield _data(head.model_copy(update={"usage": _usage(outs)}).model_dump(exclude_none=True))
@@ -470,8 +474,10 @@ async def _chat_chunks(body: oa.ChatCompletionRequest, gens: list) -> AsyncItera
     last = {}
     async for i, out in _merged(gens):
         last[i] = out
-        if out.delta_text or out.finished:
-            choice = oa.ChatChoice(index=i, delta=oa.Delta(content=out.delta_text), finish_reason=_reason(out))
+        if out.delta_text or out.finished or out.delta_logprobs:
+            logprobs = None if out.delta_logprobs is None else oa.ChatLogprobs.of(out.delta_logprobs)
+            choice = oa.ChatChoice(index=i, delta=oa.Delta(content=out.delta_text), finish_reason=_reason(out),
+                                   logprobs=logprobs)
             yield _data(head.model_copy(update={"choices": [choice]}).model_dump(exclude_none=True))
     if body.stream_options and body.stream_options.include_usage and last:
         outs = [last[i] for i in sorted(last)]

@@ -62,6 +62,59 @@ def test_chat_streamed_equals_chat_whole(client):
     assert sorted(c.index for c in n.choices) == [0, 1, 2] and n.usage.completion_tokens == 18
 
 
+def test_completions_logprobs_whole_and_streamed(client):
+    r = client.completions.create(model="llama", prompt=PROMPTS[0], max_tokens=8, logprobs=2, **GREEDY)
+    choice, lp = r.choices[0], r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 8
+    assert "".join(lp.tokens) == choice.text  # this output splits no character: its tokens' texts join to it
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(8)]
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert value < 0 and 1 <= len(top) <= 3  # the top 2, plus the chosen token when not among them
+        assert top[token] == value == max(top.values())  # greedy: the chosen token is the most likely
+        assert sum(np.exp(list(top.values()))) <= 1
+    chunks = [c.choices[0] for c in client.completions.create(model="llama", prompt=PROMPTS[0], max_tokens=8,
+                                                              logprobs=2, stream=True, **GREEDY) if c.choices]
+    assert "".join(c.text for c in chunks) == choice.text
+    for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for c in chunks for x in getattr(c.logprobs, field)] == getattr(lp, field), field
+    plain = client.completions.create(model="llama", prompt=PROMPTS[0], max_tokens=8, **GREEDY)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == choice.text
+
+
+def test_chat_logprobs_and_top_logprobs_whole_and_streamed(client):
+    messages = [{"role": "user", "content": PROMPTS[1]}]
+    ask = {"model": "llama", "messages": messages, "max_tokens": 8, "logprobs": True, "top_logprobs": 3, **GREEDY}
+    r = client.chat.completions.create(**ask)
+    content = r.choices[0].logprobs.content
+    text = r.choices[0].message.content
+    assert len(content) == 8 and "\ufffd" in "".join(c.token for c in content)  # this output splits characters,
+    joined = b"".join(bytes(c.bytes) for c in content).decode(errors="replace")  # which its bytes rejoin,
+    assert joined.startswith(text) and not joined[len(text):].strip("\ufffd")  # less a last, incomplete character
+    for c in content:
+        assert c.logprob < 0 and (c.bytes == list(c.token.encode()) or c.token == "\ufffd")
+        assert len(c.top_logprobs) == 3 and (c.top_logprobs[0].token, c.top_logprobs[0].logprob) == (c.token, c.logprob)
+        values = [t.logprob for t in c.top_logprobs]
+        assert values == sorted(values, reverse=True) and sum(np.exp(values)) <= 1
+    parts = [c.choices[0] for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+    streamed = [t for p in parts if p.logprobs for t in p.logprobs.content]
+    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in content]
+    chosen = client.chat.completions.create(**{**ask, "top_logprobs": None})  # logprobs alone: the chosen token's
+    assert [(c.token, c.logprob, c.top_logprobs) for c in chosen.choices[0].logprobs.content] == \
+        [(c.token, c.logprob, []) for c in content]
+
+
+def test_logprobs_out_of_bounds_and_echo_are_400(client):
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model="llama", messages=messages, top_logprobs=2)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(model="llama", messages=messages, logprobs=True, top_logprobs=21)
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        client.completions.create(model="llama", prompt="x", logprobs=6)
+    with pytest.raises(openai.BadRequestError, match="echo"):
+        client.completions.create(model="llama", prompt="x", echo=True)
+
+
 def test_embeddings_equal_the_runtime(client, bert_bundle):
     want = load(bert_bundle).run_text(PROMPTS)["sentence_embedding"]
     got = client.embeddings.create(model="bert", input=PROMPTS)  # the SDK asks for base64
@@ -162,7 +215,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**12, 10**12) | s
 FIELDS = st.fixed_dictionaries({}, optional={
     "model": st.sampled_from(["llama", "bert", "nope", ""]) | JSON, "prompt": JSON, "messages": JSON, "input": JSON,
     "max_tokens": JSON, "temperature": JSON, "top_p": JSON, "n": st.integers(-2, 20) | JSON, "stream": JSON,
-    "stop": JSON, "seed": JSON, "encoding_format": JSON})
+    "stop": JSON, "seed": JSON, "encoding_format": JSON, "logprobs": JSON, "top_logprobs": JSON})
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,7 +12,7 @@ from ingot.runtime.llm.detokenizer import IncrementalDetokenizer
 from ingot.runtime.llm.engine import KVCacheReport, LLMEngine
 from ingot.runtime.llm.errors import PromptTooLongError, QueueFullError
 from ingot.runtime.llm.llm import LLM
-from ingot.runtime.llm.outputs import RequestMetrics, RequestOutput
+from ingot.runtime.llm.outputs import Logprob, RequestMetrics, RequestOutput, TokenLogprobs
 from ingot.runtime.llm.runner import Runner, RunnerMemory, load_runner
 from ingot.runtime.llm.sampling import Sampler, SamplingParams
 from ingot.runtime.llm.scheduler import Scheduler, SchedulerConfig
@@ -21,8 +21,8 @@ from ingot.runtime.llm.sequence import FinishReason, Sequence, SequenceStatus
 
 __all__ = [
     "LLM", "AsyncLLM", "Block", "BlockManager", "EngineDeadError", "FinishReason",
-    "IncrementalDetokenizer", "KVCacheReport", "LLMEngine", "PromptTooLongError", "QueueFullError",
+    "IncrementalDetokenizer", "KVCacheReport", "LLMEngine", "Logprob", "PromptTooLongError", "QueueFullError",
     "RequestMetrics", "RequestOutput", "Runner", "RunnerMemory", "Sampler", "SamplingParams", "ScheduledSequence",
     "Scheduler", "SchedulerConfig", "SchedulerOutput", "SchedulerStats", "Sequence", "SequenceStatus", "StepResult",
-    "blocks_needed", "hash_block", "load_runner",
+    "TokenLogprobs", "blocks_needed", "hash_block", "load_runner",
 ]

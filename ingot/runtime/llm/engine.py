@@ -17,12 +17,13 @@ import numpy as np
 from ingot.runtime.errors import InputError
 from ingot.runtime.llm.detokenizer import IncrementalDetokenizer
 from ingot.runtime.llm.errors import PromptTooLongError
-from ingot.runtime.llm.outputs import RequestMetrics, RequestOutput
+from ingot.runtime.llm.outputs import Logprob, RequestMetrics, RequestOutput, TokenLogprobs
 from ingot.runtime.llm.runner import Runner, RunnerMemory
-from ingot.runtime.llm.sampling import Sampler, SamplingParams
+from ingot.runtime.llm.sampling import SampleLogprobs, Sampler, SamplingParams
 from ingot.runtime.llm.scheduler import Scheduler, SchedulerConfig
 from ingot.runtime.llm.scheduler_output import SchedulerOutput, SchedulerStats, StepResult
 from ingot.runtime.llm.sequence import FinishReason, Sequence
+from ingot.runtime.llm.token_texts import TokenTexts
 
 if TYPE_CHECKING:
     from ingot.runtime.tokenizer import TextTokenizer
@@ -64,6 +65,7 @@ class _Request:
     first_token_time: float | None = None
     text: str = ""  # output text handed out so far (the deltas, joined)
     num_sent_tokens: int = 0  # output tokens handed out so far
+    logprobs: list[TokenLogprobs] | None = None  # one per output token, when the request asks
 
 
 # Token budget of a step unless asked otherwise (vLLM's max_num_batched_tokens), capped by the
@@ -93,6 +95,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.config, runner.num_blocks)
         self.sampler = Sampler()
         self.requests: dict[str, _Request] = {}  # unfinished, by request id
+        self._token_texts: TokenTexts | None = None  # made at the first request for logprobs
 
     @property
     def tokenizer(self) -> TextTokenizer:
@@ -133,7 +136,8 @@ class LLMEngine:
         detok = IncrementalDetokenizer(self.tokenizer.tok, ids, stop=seq.params.stop)
         self.scheduler.add(seq)
         arrival = time.perf_counter() if arrival_time is None else arrival_time
-        self.requests[request_id] = _Request(prompt if isinstance(prompt, str) else None, seq, detok, arrival)
+        self.requests[request_id] = _Request(prompt if isinstance(prompt, str) else None, seq, detok, arrival,
+                                             logprobs=None if seq.params.logprobs is None else [])
 
     def abort(self, request_id: str) -> bool:
         """Finish a request now and free its KV blocks; False if unknown or already finished."""
@@ -168,9 +172,10 @@ class LLMEngine:
     def postprocess(self, out: SchedulerOutput, logits: np.ndarray) -> list[RequestOutput]:
         """Sample, commit the step, detokenize and apply stop strings."""
         assert logits.shape[0] == len(out.sampling), (logits.shape, len(out.sampling))
-        results = self.scheduler.update(out, self._sample(out, logits))
+        tokens, logprobs = self._sample(out, logits)
+        results = self.scheduler.update(out, tokens)
         now = time.perf_counter()
-        return [self._output(r, now) for r in results if r.request_id in self.requests]
+        return [self._output(r, now, logprobs.get(r.request_id)) for r in results if r.request_id in self.requests]
 
     # ---- reports
 
@@ -194,15 +199,29 @@ class LLMEngine:
             params = params.model_copy(update={"stop_token_ids": (*params.stop_token_ids, *extra)})
         return Sequence(request_id, ids, params, eos_token_id=eos[0])
 
-    def _sample(self, out: SchedulerOutput, logits: np.ndarray) -> np.ndarray:
+    def _sample(self, out: SchedulerOutput, logits: np.ndarray) -> tuple[np.ndarray, dict[str, SampleLogprobs]]:
+        """Token ids, one per `out.sampling` entry, and the logprobs of the requests that ask, by request id."""
         # A request aborted since schedule() still gets a (discarded) greedy token.
         reqs = [self.requests.get(s.request_id) for s in out.sampling]
         params = [r.seq.params if r else _GREEDY for r in reqs]
         generators = [r.seq.generator if r else _NO_RNG for r in reqs]
-        return self.sampler(logits, params, generators)
+        tokens = self.sampler(logits, params, generators)
+        logprobs = self.sampler.logprobs(logits, params, tokens)
+        return tokens, {s.request_id: lp for s, lp in zip(out.sampling, logprobs) if lp is not None}
 
-    def _output(self, result: StepResult, now: float) -> RequestOutput:
+    def _token_logprobs(self, sample: SampleLogprobs) -> TokenLogprobs:
+        if self._token_texts is None:
+            self._token_texts = TokenTexts(self.tokenizer.tok)
+        texts = self._token_texts
+        top = zip(sample.top_ids, sample.top_logprobs)
+        return TokenLogprobs(Logprob(sample.token_id, *texts(sample.token_id), sample.logprob),
+                             tuple(Logprob(t, *texts(t), v) for t, v in top))
+
+    def _output(self, result: StepResult, now: float, sample: SampleLogprobs | None = None) -> RequestOutput:
         req = self.requests[result.request_id]
+        if req.logprobs is not None:
+            assert sample is not None and sample.token_id == result.token_id, (sample, result)
+            req.logprobs.append(self._token_logprobs(sample))
         req.first_token_time = req.first_token_time or now
         reason = result.finish_reason
         if req.detok.update([result.token_id]) is not None:  # a stop string ended the text
@@ -213,15 +232,17 @@ class LLMEngine:
         if finished:
             del self.requests[result.request_id]
         token_ids = tuple(req.seq.output_token_ids)
-        delta_ids, req.num_sent_tokens = token_ids[req.num_sent_tokens:], len(token_ids)
+        sent, req.num_sent_tokens = req.num_sent_tokens, len(token_ids)
         delta_text = req.detok.take_new_text(finished)
         req.text += delta_text
         metrics = RequestMetrics(req.arrival_time, req.first_token_time, now if finished else None,
                                  req.seq.num_cached_tokens, req.scheduled_time)
+        logprobs = None if req.logprobs is None else tuple(req.logprobs)
         return RequestOutput(
             request_id=result.request_id, prompt=req.prompt, prompt_token_ids=req.seq.prompt_token_ids,
             text=req.text, token_ids=token_ids, delta_text=delta_text,
-            delta_token_ids=delta_ids, finished=finished, finish_reason=reason, metrics=metrics,
+            delta_token_ids=token_ids[sent:], finished=finished, finish_reason=reason, metrics=metrics,
+            logprobs=logprobs, delta_logprobs=None if logprobs is None else logprobs[sent:],
         )
 
 

@@ -39,10 +39,30 @@ class RequestMetrics:
 
 
 @dataclass(frozen=True)
+class Logprob:
+    """A token at an output position and its log-probability under the model."""
+
+    token_id: int
+    token: str  # the token decoded alone, special tokens included ("</s>"); U+FFFD for part of a character
+    token_bytes: bytes  # the token's own bytes (token_texts.py): an output's join to the UTF-8 of its text
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """An output token's logprob, and the `SamplingParams.logprobs` most likely tokens at its
+    position (most likely first; the output token may or may not be among them). Logprobs are
+    of the model's raw distribution, before temperature, top-k and top-p."""
+
+    chosen: Logprob
+    top: tuple[Logprob, ...]
+
+
+@dataclass(frozen=True)
 class RequestOutput:
     """A request's state after a step: the full text and tokens so far, and what is new.
 
-    The `delta_*` fields of successive outputs concatenate to `text` and `token_ids`. With
+    The `delta_*` fields of successive outputs concatenate to `text`, `token_ids` and `logprobs`. With
     stop strings the text ends before the stop string, and while running its last
     characters are held back until they cannot start one; `token_ids` keeps every
     sampled token.
@@ -58,6 +78,8 @@ class RequestOutput:
     finished: bool
     finish_reason: FinishReason | None
     metrics: RequestMetrics
+    logprobs: tuple[TokenLogprobs, ...] | None = None  # one per token of `token_ids`, when the request asked
+    delta_logprobs: tuple[TokenLogprobs, ...] | None = None  # those of `delta_token_ids`
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Below this temperature a request is greedy: dividing logits by ~0 would overflow.
 GREEDY_EPS = 1e-5
+# Most alternatives a request may ask logprobs for (OpenAI's top_logprobs limit, vLLM's max_logprobs).
+MAX_LOGPROBS = 20
 
 
 class SamplingParams(BaseModel):
@@ -24,6 +27,9 @@ class SamplingParams(BaseModel):
     stop: tuple[str, ...] = Field((), description="stop strings; the output is cut before the first match")
     stop_token_ids: tuple[int, ...] = Field((), description="token ids that finish the request (kept in output)")
     ignore_eos: bool = Field(False, description="keep generating past the EOS token")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                 description="None = off; k = each output token's logprob and the k most likely "
+                                             "tokens' (the model's raw distribution, before temperature/top-k/top-p)")
 
     @field_validator("top_k", mode="before")
     @classmethod
@@ -48,7 +54,7 @@ class SamplingParams(BaseModel):
 
 
 class Sampler:
-    """Logits → one token id per sequence.
+    """Logits → one token id per sequence (and, for the requests that ask, logprobs).
 
     Greedy rows take the argmax. The others apply temperature, then top-k, then top-p on
     the sorted distribution, and invert its CDF with one uniform draw from the row's own
@@ -70,6 +76,44 @@ class Sampler:
             draws = np.array([g.random() for g, r in zip(generators, rows) if r])
             tokens[rows] = sample_rows(logits[rows], picked, draws)
         return tokens
+
+    def logprobs(self, logits: np.ndarray, params: Sequence[SamplingParams],
+                 token_ids: np.ndarray) -> list[SampleLogprobs | None]:
+        """Per row, None or (when its params ask) the sampled token's logprob and the top
+        `params.logprobs`, from log_softmax of the raw `logits` (vLLM V1's default "raw_logprobs":
+        the model's distribution, not the one temperature, top-k and top-p sampled from). Rows
+        that do not ask cost nothing."""
+        rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        out: list[SampleLogprobs | None] = [None] * len(params)
+        if not rows:
+            return out
+        lp = log_softmax(logits[rows])  # (asking rows, vocab)
+        k = max(params[i].logprobs for i in rows)
+        top = _ranked_order(lp, k) if k else np.zeros((len(rows), 0), dtype=np.int64)  # (asking rows, k)
+        top_lp = np.take_along_axis(lp, top, axis=-1)
+        for j, i in enumerate(rows):
+            n, token = params[i].logprobs, int(token_ids[i])
+            out[i] = SampleLogprobs(token, float(lp[j, token]), tuple(top[j, :n].tolist()),
+                                    tuple(top_lp[j, :n].tolist()))
+        return out
+
+
+@dataclass(frozen=True)
+class SampleLogprobs:
+    """Log-probabilities at one sampled position: the sampled token's, and the top-k (most likely first, ties by
+    lower id)."""
+
+    token_id: int
+    logprob: float
+    top_ids: tuple[int, ...]
+    top_logprobs: tuple[float, ...]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(rows, vocab) logits → float64 log-probabilities."""
+    x = logits.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 def sample_rows(logits: np.ndarray, params: Sequence[SamplingParams], draws: np.ndarray) -> np.ndarray:

@@ -73,6 +73,43 @@ def test_greedy_generate_equals_transformers(llm, tiny_llama_dir):
     assert all_blocks_free(llm.engine)
 
 
+def test_logprobs_equal_transformers_log_softmax_at_each_output_position(llm, tiny_llama_dir):
+    """The chosen token's logprob and the top k are of the model's raw distribution (a tempered,
+    top-k request too), within 1e-4 of transformers' forward pass; a request that does not ask
+    gets none."""
+    import numpy as np
+    import torch
+    from transformers import LlamaForCausalLM
+
+    params = [GREEDY.model_copy(update={"logprobs": 3}),
+              SamplingParams(temperature=1.8, top_k=6, seed=4, max_tokens=12, ignore_eos=True, logprobs=0), GREEDY]
+    outs = llm.generate(PROMPTS, params)
+    assert outs[2].logprobs is None
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    decode = llm.runner.tokenizer.tok.decode
+    for out, p in zip(outs[:2], params):
+        ids = [*out.prompt_token_ids, *out.token_ids]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].double()
+        ref = torch.log_softmax(logits, -1)[len(out.prompt_token_ids) - 1:-1].numpy()  # (12, vocab): output positions
+        assert len(out.logprobs) == len(out.token_ids) == 12
+        # Each token's own bytes, whole characters or not, join to the output's UTF-8.
+        joined = b"".join(t.chosen.token_bytes for t in out.logprobs)
+        assert joined.decode(errors="replace") == decode(list(out.token_ids)) and "\ufffd" in decode(list(out.token_ids))
+        for t, token, row in zip(out.logprobs, out.token_ids, ref):
+            assert t.chosen.token_id == token and t.chosen.token == decode([token], skip_special_tokens=False)
+            assert abs(t.chosen.logprob - row[token]) < 1e-4
+            top = [lp.token_id for lp in t.top]
+            assert len(top) == p.logprobs
+            np.testing.assert_allclose([lp.logprob for lp in t.top], row[top], atol=1e-4)
+            if top:  # the top k: sorted, and no other token more likely than the last of them
+                assert all(a.logprob >= b.logprob for a, b in zip(t.top, t.top[1:]))
+                assert np.delete(row, top).max() <= t.top[-1].logprob + 1e-4
+                assert top[0] == token  # greedy
+                assert np.exp([lp.logprob for lp in t.top]).sum() <= 1
+    assert all_blocks_free(llm.engine)
+
+
 def test_a_first_step_that_is_a_chunk_without_logits_runs(llm, llama_bundle):
     """A fresh runner whose first call is a prompt's first chunk (no logits wanted: the budget
     is shorter than the prompt) gives the tokens of the shared runner's unchunked run."""

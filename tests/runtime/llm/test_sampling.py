@@ -92,3 +92,29 @@ def test_top_k_and_top_p_renormalize_the_kept_tokens():
     assert p[2] < 0.7 < p[2] + p[1]
     top3 = np.array([0, 1, 1, 1, 0]) * p  # 0.8 needs the third (token 3)
     assert np.abs(frequencies(x, SamplingParams(top_p=0.8)) - top3 / top3.sum()).max() < 0.01
+
+
+def test_logprobs_bounds():
+    assert SamplingParams().logprobs is None and SamplingParams(logprobs=0).logprobs == 0
+    assert SamplingParams(logprobs=20).logprobs == 20
+    for bad in (-1, 21):
+        with pytest.raises(ValidationError, match="logprobs"):
+            SamplingParams(logprobs=bad)
+
+
+def test_logprobs_are_the_raw_log_softmax_only_for_rows_that_ask():
+    x = logits(4, seed=3)
+    x[2, 5] = x[2, 9] = x[2].max() + 1  # a tie for the top: the lower id ranks first, as argmax
+    params = [SamplingParams(temperature=0, logprobs=3), SamplingParams(), SamplingParams(temperature=0, logprobs=5),
+              SamplingParams(temperature=2.0, top_k=4, seed=1, logprobs=0)]
+    tokens = Sampler()(x, params, gens(0, 1, 2, 3))
+    out = Sampler().logprobs(x, params, tokens)
+    assert out[1] is None
+    for row, p, lp in ((0, params[0], out[0]), (2, params[2], out[2]), (3, params[3], out[3])):
+        ref = x[row].astype(np.float64) - np.log(np.exp(x[row].astype(np.float64)).sum())  # not tempered
+        assert lp.token_id == tokens[row] and lp.logprob == pytest.approx(ref[tokens[row]], abs=1e-6)
+        assert lp.top_ids == tuple(np.argsort(-ref, kind="stable")[:p.logprobs].tolist())
+        np.testing.assert_allclose(lp.top_logprobs, ref[list(lp.top_ids)], atol=1e-6)
+    assert out[0].top_ids[0] == tokens[0] and out[3].top_ids == ()  # greedy = top-1; 0 = the chosen token only
+    assert out[2].top_ids[:2] == (5, 9) and tokens[2] == 5
+    assert Sampler().logprobs(x, [SamplingParams()] * 4, tokens) == [None] * 4
