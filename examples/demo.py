@@ -3,7 +3,8 @@
 1. all-MiniLM-L6-v2 (HF folder) → bundle → sentence similarities from `ingot run --text`.
 2. EfficientNet-Lite0 (`module:function`) → bundle → top-1 on real photos.
 3. SmolLM2-135M (GGUF) → paged plan → next-token logits, then generation: a streamed answer,
-   prompts run concurrently by the in-flight batcher, and a short serving benchmark.
+   a chat answer, prompts run concurrently by the in-flight batcher; an INT4 plan and a serving
+   benchmark of it.
 4. A CI-style matrix: a second target built separately, then `ingot merge`.
 5. A corrupted bundle is refused with one clear line.
 6. `ingot serve` on a repository of SmolLM2 INT4 and MiniLM, queried with the stock tritonclient
@@ -62,6 +63,8 @@ def efficientnet() -> None:
         ingot("run", bundle, "--input", f"image={OUT / f'{name}.npy'}", "--output", OUT / f"{name}.npz")
         top = int(np.load(OUT / f"{name}.npz")["logits"].argmax())
         print(f"{name}: class {top} ({IMAGENET.get(top, '?')})")
+    # an ONNX file as the source (the CPU plan just built), with a range for its dynamic dim
+    ingot("build", next((bundle / "targets").glob("cpu-*/model.onnx")), "--dim", "batch=1:32", "--output", OUT / "onnx")
     # CI matrix: each target built by its own job, then merged into one bundle.
     ingot("build", f"{REPO / 'examples' / 'efficientnet_lite0.py'}:model", "--target", "cpu-aarch64",
           "--output", OUT / "effnet-aarch64")
@@ -80,12 +83,14 @@ def smollm2() -> None:
     tok = Tokenizer.from_file(str(bundle / "tokenizer" / "tokenizer.json"))
     print(f"{prompt!r} → next token {tok.decode([int(logits[0, -1].argmax())])!r}")
     memory = ("--kv-cache-memory", "256MiB")
-    shown(ingot("run", bundle, "--prompt", prompt, "--max-tokens", "16", "--stream", *memory))
+    shown(ingot("run", bundle, "--prompt", prompt, "--max-tokens", "32", "--stream"))
+    shown(ingot("run", bundle, "--chat", "--prompt", "What is the capital of France?"))
     prompts = OUT / "prompts.txt"
     prompts.write_text("To be, or not to be,\nThe three primary colors are\nThe capital of Italy is\n")
     shown(ingot("run", bundle, "--prompts-file", prompts, "--max-tokens", "24", *memory))
-    shown(ingot("bench", bundle, "--num-requests", "8", "--prompt-len", "64", "--output-len", "16", "--concurrency", "4",
-                "--prefix-len", "32", *memory))
+    int4 = OUT / "smollm2-int4"
+    ingot("build", bundle, "--quant", "int4", "--output", int4)  # from the fp32 bundle, no re-export
+    shown(ingot("bench", int4, "--num-requests", "32", "--prompt-len", "128", "--output-len", "64", "--concurrency", "16"))
 
 
 def serve() -> None:
@@ -95,7 +100,7 @@ def serve() -> None:
     import tritonclient.grpc as grpcclient
 
     repo = OUT / "repo"
-    ingot("build", OUT / "smollm2", "--quant", "int4", "--output", repo / "smol" / "1")
+    shutil.copytree(OUT / "smollm2-int4", repo / "smol" / "1")
     shutil.copytree(OUT / "minilm", repo / "minilm" / "1")
     print(f"\n$ ingot serve {repo} --grpc-port 0 --http-port 0 --metrics-port 0", flush=True)
     server = subprocess.Popen([sys.executable, "-m", "ingot", "serve", repo, "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
