@@ -55,10 +55,10 @@ MISSING = {
 
 def unpaged_note(loaded: LoadedModel, cfg: BuildConfig) -> str | None:
     """Why a causal LM gets a dense plan only, for the build's output and the manifest's notes
-    (None: not a causal LM, paged, or --layout dense asked for)."""
+    (None: not a causal LM, paged, a paged bundle as the source, or --layout dense asked for)."""
     from ingot.builder.paged import SUPPORTED
 
-    if loaded.kind != "causal-lm" or cfg.layout == "dense":
+    if loaded.kind != "causal-lm" or cfg.layout == "dense" or loaded.llm is not None:
         return None
     hf = getattr(loaded.module, "model", None)
     what = "generation (`ingot run --prompt`, completions in `ingot serve`) refuses it; --text, --input and `ingot eval` run it"

@@ -73,6 +73,9 @@ def parse(inputs: dict[str, np.ndarray], parameters: dict[str, object]) -> Gener
     fields = {k: v for k, v in values.items() if k in _SAMPLING} | {k: v for k, v in sampling.items()
                                                                       if k in _SAMPLING}
     fields.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+    _refuse_unsupported(values)
+    if values.get("random_seed") is not None:  # TensorRT-LLM's name of the seed
+        fields.setdefault("seed", int(values["random_seed"]))
     if int(values.get("min_length", values.get("min_tokens", 0)) or 0) >= int(fields["max_tokens"]):
         fields["ignore_eos"] = True  # genai-perf's fixed-length payload: min_length == max_tokens
     try:
@@ -82,3 +85,20 @@ def parse(inputs: dict[str, np.ndarray], parameters: dict[str, object]) -> Gener
         raise InvalidArgument(f"{'.'.join(map(str, err['loc'])) or 'sampling'}: {err['msg']}") from None
     return GenerationRequest(prompt=texts[0], params=params, stream=bool(values.get("stream", True)),
                              exclude_input=bool(values.get("exclude_input_in_output", False)))
+
+
+def _refuse_unsupported(values: dict[str, object]) -> None:
+    """The backends' controls that ask for what this server does not do are refused, not ignored
+    (at their defaults they are accepted: genai-perf's payloads send them)."""
+    if _truthy(values.get("return_log_probs")):
+        raise InvalidArgument("return_log_probs: the gRPC stream gives text only; logprobs come over the "
+                              "OpenAI API (/v1/completions 'logprobs', /v1/chat/completions 'logprobs')")
+    if int(values.get("beam_width") or 1) != 1:
+        raise InvalidArgument(f"beam_width {values['beam_width']}: beam search is not supported (1 only)")
+    for name in ("bad_words", "stop_words"):
+        if str(values.get(name) or "").strip():
+            raise InvalidArgument(f"{name}: not supported; use 'stop' (stop strings)")
+
+
+def _truthy(value: object) -> bool:
+    return value not in (None, False, 0, "", "false", "False", "0")

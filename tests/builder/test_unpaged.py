@@ -40,5 +40,8 @@ def test_unpaged_family_builds_dense_with_a_warning_naming_what_is_missing(tiny_
 
 def test_paged_family_and_dense_layout_have_no_note(llama_bundle, tiny_llama_dir, tmp_path):
     assert json.loads((llama_bundle / "manifest.json").read_text())["notes"] == []
+    again = ingot("build", llama_bundle, "-o", tmp_path / "again", "--no-verify")  # a paged bundle as the source
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text())["llm"] is not None
     proc = ingot("build", tiny_llama_dir, "-o", tmp_path / "dense", "--layout", "dense", "--no-verify")
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr

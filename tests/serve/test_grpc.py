@@ -224,3 +224,19 @@ def test_typed_contents_equal_raw_contents(server, bert_bundle):
     got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(list(response.outputs[0].shape))
     want = load(bert_bundle).run_text(PROMPTS)["sentence_embedding"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_backend_controls_asking_for_what_is_not_done_are_refused(server):
+    """TensorRT-LLM's controls: at their defaults accepted (genai-perf sends them), else refused
+    in-band, never ignored; random_seed is the seed."""
+    c = server.client()
+    defaults = stream(c, "llama", [llm_inputs(PROMPTS[0], 3, beam_width=(1, "INT32"), return_log_probs=(False, "BOOL"))])
+    assert defaults["0"][1][-1]
+    with pytest.raises(InferenceServerException, match="return_log_probs: the gRPC stream gives text only"):
+        stream(c, "llama", [llm_inputs(PROMPTS[0], 3, return_log_probs=(True, "BOOL"))])
+    with pytest.raises(InferenceServerException, match="beam_width 4: beam search is not supported"):
+        stream(c, "llama", [llm_inputs(PROMPTS[0], 3, beam_width=(4, "INT32"))])
+    sampled = [[text_input("text_input", [PROMPTS[1]]), scalar("max_tokens", 8, "INT32"), scalar("temperature", 1.0, "FP32"),
+                scalar("random_seed", seed, "UINT64"), scalar("ignore_eos", True, "BOOL")] for seed in (7, 7, 8)]
+    out = stream(c, "llama", sampled)
+    assert out["0"][0] == out["1"][0] != out["2"][0]  # random_seed is the seed: the same seed, the same tokens
