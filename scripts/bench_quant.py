@@ -86,7 +86,7 @@ def main() -> None:
         if not (bundle / "manifest.json").exists():
             ingot("build", args.fp32, "-o", bundle, *(a.format(calib=calib) for a in PLANS[name]))
         bundles[name] = bundle
-    ppl = {n: json.loads(ingot("eval", b, "--text", held, "--window", "512", "--json")) for n, b in bundles.items()}
+    ppl = {n: json.loads(ingot("eval", b, "--text-file", held, "--window", "512", "--json")) for n, b in bundles.items()}
     base, base_size = ppl["fp32"]["perplexity"], size(args.fp32)
     print(f"held-out: first {HELD_OUT_CHARS} characters of {HELD_OUT}, {ppl['fp32']['windows']} windows of 512, "
           f"{ppl['fp32']['tokens']} tokens")

@@ -1,4 +1,4 @@
-"""One place that turns exceptions into exit codes: 0 ok, 1 failure, 2 usage.
+"""One place that turns exceptions into exit codes: 0 ok, 1 failure, 2 usage, 130 Ctrl-C.
 
 A user error prints one line on stderr and no traceback; `--debug` (anywhere on the
 command line) or INGOT_DEBUG=1 shows the traceback instead.
@@ -20,7 +20,7 @@ class UsageError(InputError):
 
 
 USER_ERRORS = (BundleError, BuildError, RunError)
-EXIT_FAILURE, EXIT_USAGE = 1, 2
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130  # 130: 128 + SIGINT, as shells report
 
 
 def split_debug(argv: list[str]) -> tuple[list[str], bool]:
@@ -32,10 +32,11 @@ def run_guarded(entry: Callable[[], object], debug: bool) -> int:
     try:
         entry()
     except SystemExit as e:  # click/typer: usage errors exit 2, --help exits 0
+        if _interrupted(e):  # typer turns Ctrl-C into a silent exit 130
+            return _interrupt()
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_FAILURE)
     except KeyboardInterrupt:
-        _line("interrupted")
-        return 130
+        return _interrupt()
     except USER_ERRORS as e:
         if debug:
             raise
@@ -48,6 +49,23 @@ def run_guarded(entry: Callable[[], object], debug: bool) -> int:
         _line(f"internal error: {type(e).__name__}: {first} (run with --debug for the traceback)")
         return EXIT_FAILURE
     return 0
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions that led to `e`."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _interrupt() -> int:
+    _line("interrupted")
+    return EXIT_INTERRUPTED
 
 
 def _line(message: str) -> None:

@@ -183,6 +183,8 @@ def _incompatible(where: str, diff: list[str]) -> IncompatibleBundleError:
 def merge_bundles(dest: Path, sources: list[Path], overwrite: bool = False) -> Manifest:
     """`ingot merge`: one bundle holding every target of `sources` (e.g. per-arch CI builds)."""
     bundles = [open_bundle(Path(s), verify=False) for s in sources]
+    for b in bundles[1:]:
+        _same_build(bundles[0], b)
     merged = bundles[0].manifest
     seen: dict[str, Path] = {}
     for b in bundles:
@@ -196,6 +198,23 @@ def merge_bundles(dest: Path, sources: list[Path], overwrite: bool = False) -> M
             shared = b.manifest.tokenizer.files if b.manifest.tokenizer else []
             w.add_from(b, [*shared, *(f for t in b.manifest.targets.values() for f in t.files)])
         return w.commit(merged)
+
+
+def _same_build(a: Bundle, b: Bundle) -> None:
+    """Refuse to merge bundles of two models, or two builds of one (other precision, limits, ...)."""
+    ma, mb = a.manifest, b.manifest
+    if ma.model != mb.model:
+        ids = f"{ma.model.id} and {mb.model.id}" if ma.model.id != mb.model.id else f"both {ma.model.id}, other sources"
+        raise IncompatibleBundleError(
+            f"{a.root} and {b.root} are different models ({ids}); ingot merge takes builds of one model "
+            "(e.g. one per GPU arch)"
+        )
+    diff = sorted(k for k, v in ma.signature().items() if mb.signature().get(k) != v)
+    if diff:
+        raise IncompatibleBundleError(
+            f"{a.root} and {b.root} are different builds of {ma.model.id} ({', '.join(diff)} differ); "
+            "ingot merge takes targets built with the same options"
+        )
 
 
 def staging_leftovers(dest: Path) -> list[Path]:

@@ -9,6 +9,8 @@ import numpy as np
 from ingot.plans import TensorSpec
 from ingot.runtime.errors import InputError
 
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+
 
 def expected(specs: list[TensorSpec]) -> str:
     return "expected inputs: " + "; ".join(s.describe() for s in specs)
@@ -52,7 +54,16 @@ def load_npy(text: str) -> tuple[str, np.ndarray]:
     path = Path(file)
     if not path.is_file():
         raise InputError(f"--input {name}: file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:  # np.load would try pickle, and blame allow_pickle
+        what = "an .npz archive" if magic.startswith(b"PK") else "not a .npy array"
+        raise InputError(f"--input {name}: {path} is {what} (save one array with numpy.save)")
     try:
         return name, np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # an object array: pickled Python objects, never loaded
+            raise InputError(f"--input {name}: {path} holds Python objects, not numbers") from None
+        raise InputError(f"--input {name}: cannot read {path} as .npy: {str(e).splitlines()[0]}") from e
+    except OSError as e:
         raise InputError(f"--input {name}: cannot read {path} as .npy: {str(e).splitlines()[0]}") from e

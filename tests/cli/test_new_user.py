@@ -3,11 +3,15 @@ refused, messages that say what to type. Each test runs the CLI as a user types 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.conftest import assert_user_error, ingot, tree_digest
+from tests.conftest import REPO, assert_user_error, ingot, tree_digest
 
 FAST_S = 15  # a refusal before any model load/export takes an interpreter start, not a build
 
@@ -100,3 +104,60 @@ def test_bad_option_values_are_usage_errors_exit_2(args, option, llama_bundle):
     proc, took = timed(args[0], llama_bundle, *args[1:])
     assert_user_error(proc, option, code=2)
     assert took < FAST_S, took
+
+
+def test_merge_of_two_models_says_so(llama_bundle, bert_bundle, tmp_path):
+    proc, took = timed("merge", llama_bundle, bert_bundle, "-o", tmp_path / "both")
+    line = assert_user_error(proc, "are different models", "merge takes builds of one model")
+    assert "--overwrite" not in line, line
+    assert took < FAST_S, took
+    assert not (tmp_path / "both").exists()
+
+
+def test_eval_reads_a_text_file_and_text_is_run_s_option(llama_bundle, tmp_path):
+    (tmp_path / "t.txt").write_text("Ingot compiles models ahead of time. " * 20)
+    proc = ingot("eval", llama_bundle, "-f", tmp_path / "t.txt", "--window", "32")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("perplexity "), proc.stdout
+    assert ingot("eval", llama_bundle, "--text", tmp_path / "t.txt").returncode == 2
+
+
+def test_text_file_given_as_npy_is_one_line_without_pickle(cnn_bundle, tmp_path):
+    (tmp_path / "notes.npy").write_text("my notes\n")
+    proc, took = timed("run", cnn_bundle, "--input", f"image={tmp_path / 'notes.npy'}")
+    assert_user_error(proc, "notes.npy is not a .npy array")
+    assert "pickle" not in proc.stderr, proc.stderr
+    assert took < FAST_S, took
+
+
+def interrupted(args: tuple, ready: str) -> subprocess.CompletedProcess:
+    """`ingot ARGS`, sent SIGINT (Ctrl-C) once a line holding `ready` is on its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "ingot", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if ready in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "".join(seen) + err)
+
+
+def test_ctrl_c_during_a_build_is_one_line_exit_130(tiny_llama_dir, tmp_path):
+    proc = interrupted(("build", tiny_llama_dir, "-o", tmp_path / "llama"), "load source")  # then: the export
+    assert_user_error(proc, "interrupted", code=130)
+    assert proc.stderr.splitlines()[-1] == "error: interrupted", proc.stderr
+    assert "export to ONNX" not in proc.stderr, "the build ended before Ctrl-C"
+    assert list(tmp_path.iterdir()) == []  # no bundle, no staging folder
+
+
+def test_ctrl_c_during_generation_is_one_line_exit_130(llama_bundle, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"hello world {i}\n" for i in range(3000)))
+    proc = interrupted(("run", llama_bundle, "--prompts-file", prompts, "--max-tokens", "200", "--ignore-eos"),
+                       "kv cache:")
+    assert_user_error(proc, "interrupted", code=130)
+    assert proc.stderr.splitlines()[-1] == "error: interrupted", proc.stderr
+    assert proc.stdout == ""

@@ -62,7 +62,7 @@ def quantized(source, out, scheme, calib, *extra):
 
 
 def ppl(bundle, text) -> float:
-    proc = ingot("eval", bundle, "--text", text, "--window", "512", "--json")
+    proc = ingot("eval", bundle, "--text-file", text, "--window", "512", "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["perplexity"]
 

@@ -30,7 +30,7 @@ def test_eval_matches_transformers(llama_bundle, tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     (tmp_path / "t.txt").write_text(TEXT)
-    proc = ingot("eval", llama_bundle, "--text", tmp_path / "t.txt", "--window", "64", "--json")
+    proc = ingot("eval", llama_bundle, "--text-file", tmp_path / "t.txt", "--window", "64", "--json")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     ids = AutoTokenizer.from_pretrained(tiny_llama_dir)(TEXT, add_special_tokens=False)["input_ids"]
@@ -55,7 +55,7 @@ def test_eval_bad_input(llama_bundle, bert_bundle, tmp_path):
         llama.perplexity(TEXT, window=100000)
     with pytest.raises(InputError, match="perplexity needs at least 2"):
         llama.perplexity("a")
-    assert_user_error(ingot("eval", llama_bundle, "--text", tmp_path / "none.txt"), "file not found")
+    assert_user_error(ingot("eval", llama_bundle, "--text-file", tmp_path / "none.txt"), "file not found")
 
 
 def test_padded_positions_are_left_out():
