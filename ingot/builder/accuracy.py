@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ingot.builder.errors import VerificationError
+from ingot.builder.progress import Count, no_count
 from ingot.plans import Verification
 from ingot.plans.manifest import summarize
 from ingot.runtime.evaluate import Run, mean_cosine, token_nll, top1_agreement
@@ -31,12 +32,14 @@ class Gates:
 
 
 def measure(
-    kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool, mask: str | None = None
+    kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool, mask: str | None = None,
+    count: Count = no_count,
 ) -> dict[str, float]:
     """Figures for `quant` against `ref`; perplexity only over full (unpadded) causal-LM windows.
     `mask` names the attention-mask input: padded token positions are left out of the figures."""
     nll_ref, nll_q, agree, cos = [], [], [], {}
-    for feeds in held_out:
+    for done, feeds in enumerate(held_out):
+        count("held-out batch", done, len(held_out))
         a, b = ref(feeds), quant(feeds)
         m = feeds.get(mask) if mask else None
         for name, x in a.items():
@@ -86,11 +89,11 @@ def accepting(metrics: dict[str, float], gates: Gates) -> list[str]:
 
 def gate(
     kind: str, ref: Run, quant: Run, held_out: list[dict[str, np.ndarray]], perplexity: bool,
-    gates: Gates, ran_on: str, data: str, mask: str | None = None, advice: str | None = None,
+    gates: Gates, ran_on: str, data: str, mask: str | None = None, advice: str | None = None, count: Count = no_count,
 ) -> Verification:
     """The Verification of a plan that passes `gates`; VerificationError naming the options
     that would help (`advice`) or accept the plan, if it does not."""
-    metrics = measure(kind, ref, quant, held_out, perplexity, mask)
+    metrics = measure(kind, ref, quant, held_out, perplexity, mask, count)
     failed = failures(metrics, gates)
     if failed:
         better = f"for a more accurate plan try {advice}; " if advice else ""

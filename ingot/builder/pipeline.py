@@ -7,10 +7,7 @@ has passed.
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from ingot.builder.cpu import compile_cpu, ort_runner
 from ingot.builder.errors import BuildError
 from ingot.builder.export import export_onnx
 from ingot.builder.graph import apply_dim_ranges, cleanup, io_specs
+from ingot.builder.progress import Count, Stage, no_progress
 from ingot.builder import causal_lm as paged
 from ingot.builder.quantize import QuantResult, quant_spec, quantize_model, require_calibration
 from ingot.builder.quiet import quiet
@@ -31,12 +29,7 @@ from ingot.plans import SCHEMA_VERSION, BundleWriter, Manifest, ModelInfo, Targe
 from ingot.plans.llm import CPU_LOWERING, LLMInfo
 from ingot.runtime.llm.dense import dense_runner
 
-Stage = Callable[[str], AbstractContextManager]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
-
-def _no_progress(_: str) -> AbstractContextManager:
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -53,7 +46,7 @@ class _Graphs:
         return run if self.llm is None else dense_runner(run, self.llm)
 
 
-def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
+def build(cfg: BuildConfig, stage: Stage = no_progress) -> Manifest:
     """Build `cfg.source` into the bundle at `cfg.output`; returns the written manifest."""
     host = detect_host()
     targets = [_parse_target(t, host.cpu) for t in dict.fromkeys(cfg.targets)]
@@ -87,9 +80,13 @@ def build(cfg: BuildConfig, stage: Stage = _no_progress) -> Manifest:
         for t in targets:
             with stage(f"compile {t.name}"):
                 built[t.name] = _compile(graphs, t, writer, cfg, inputs)
-            if cfg.verify and t.device == "cpu":
-                with stage(f"verify {t.name}"):
-                    built[t.name] = _verify(built[t.name], writer, loaded, graphs, cfg, host.cpu)
+            if t.device == "cpu":
+                with stage(f"verify {t.name}") as report:
+                    why = _not_verified(cfg, graphs, loaded)
+                    if why:
+                        report.skip(why)
+                    else:
+                        built[t.name] = _verify(built[t.name], writer, loaded, graphs, cfg, host.cpu, report.update)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             ingot_version=__version__,
@@ -141,8 +138,19 @@ def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: Bui
         return compile_tensorrt(path, target, inputs, writer)
 
 
+def _not_verified(cfg: BuildConfig, graphs: _Graphs, loaded: LoadedModel) -> str | None:
+    """Why a cpu target is not compared with anything, or None when it is."""
+    if not cfg.verify:
+        return "--no-verify"
+    if graphs.quant is None and loaded.module is None:
+        what = "an .onnx source" if str(cfg.source).endswith(".onnx") else "a bundle source"
+        return f"{what} has no torch model to compare with"
+    return None
+
+
 def _verify(
-    target: Target, writer: BundleWriter, loaded: LoadedModel, graphs: _Graphs, cfg: BuildConfig, ran_on: str
+    target: Target, writer: BundleWriter, loaded: LoadedModel, graphs: _Graphs, cfg: BuildConfig, ran_on: str,
+    count: Count,
 ) -> Target:
     plan_run = ort_runner(str(writer.path(target.entrypoint)), target.session_config)
     float_run = plan_run if graphs.quant is None else ort_runner(graphs.float_model.SerializeToString(), {})
@@ -150,15 +158,13 @@ def _verify(
     mask = "attention_mask" if graphs.llm is not None and "attention_mask" in loaded.example else None
     if graphs.llm is not None and loaded.module is not None:  # the paged contract (past read from the cache) against torch
         paged.check_paged(float_run, loaded.module.model, graphs.llm, cfg.atol, cfg.rtol)
-    if graphs.quant is None:
-        if loaded.module is None:
-            return target  # an .onnx source: no torch model to compare with
+    if graphs.quant is None:  # loaded.module is set: _not_verified
         verification = verify_outputs(plan, loaded, cfg.atol, cfg.rtol, ran_on, mask=mask)
         return target.model_copy(update={"verification": verification})
     reference = graphs.dense(float_run)
     if loaded.module is not None:  # the float export must match torch before it is a reference
         verify_outputs(reference, loaded, cfg.atol, cfg.rtol, ran_on, mask=mask)
-    verification = graphs.quant.gate(reference, plan, loaded, cfg, ran_on)
+    verification = graphs.quant.gate(reference, plan, loaded, cfg, ran_on, count)
     return target.model_copy(update={"verification": verification})
 
 

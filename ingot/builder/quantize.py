@@ -13,6 +13,7 @@ from ingot.builder.calib import CalibData, gate_text_feeds, load_calibration
 from ingot.builder.config import BuildConfig
 from ingot.builder.errors import BuildError
 from ingot.builder.loaded import LoadedModel
+from ingot.builder.progress import Count, no_count
 from ingot.builder.quiet import quiet
 from ingot.builder.verify import resized_example
 from ingot.plans import Verification
@@ -139,7 +140,9 @@ class QuantResult:
             notes=notes,
         )
 
-    def gate(self, reference, plan, loaded: LoadedModel, cfg: BuildConfig, ran_on: str) -> Verification | None:
+    def gate(
+        self, reference, plan, loaded: LoadedModel, cfg: BuildConfig, ran_on: str, count: Count = no_count
+    ) -> Verification | None:
         """Score the quantized plan against the float plan on held-out data: the calibration
         file's held-out rows, else (causal LMs) the built-in gate text, else the examples."""
         given = Gates(cfg.max_ppl_increase, cfg.min_cosine, cfg.min_top1)
@@ -148,7 +151,7 @@ class QuantResult:
         if not held:
             return None
         mask = next((name for name, field in loaded.text_inputs.items() if field == "attention_mask"), None)
-        return gate(loaded.kind, reference, plan, held, ppl, gates, ran_on, data, mask, advice(self.spec))
+        return gate(loaded.kind, reference, plan, held, ppl, gates, ran_on, data, mask, advice(self.spec), count)
 
     def _held_out(self, loaded: LoadedModel, cfg: BuildConfig) -> tuple[list[dict], str, bool]:
         """(feeds, what they are, whether perplexity is measured on them)."""
@@ -202,9 +205,9 @@ def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, ll
 
         feeds, check = ([call for f in part for call in paged_feeds(llm, f["input_ids"], f.get("attention_mask"))]
                         for part in (feeds, check))
-    with stage(f"quantize {spec.scheme}"):
+    with stage(f"quantize {spec.scheme}") as progress:
         try:
-            qmodel, report = quantize(model, spec, feeds, check)
+            qmodel, report = quantize(model, spec, feeds, check, progress.update)
         except QuantError as e:
             raise BuildError(str(e)) from None
     return QuantResult(qmodel, report, spec, calib, _max_len(loaded, llm))

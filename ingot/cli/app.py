@@ -57,6 +57,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output o
 
 @app.command()
 def build(
+    ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="HF model folder, .gguf or .onnx file, or module:function.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to write (or add a target to).")],
     target: Annotated[list[str], typer.Option("--target", "-t", metavar="<str>", help="cpu (default), cpu-x86_64, sm_90, ... (repeatable).")] = [],  # noqa: B006
@@ -114,6 +115,9 @@ def build(
     manifest = run_build(cfg, stage)
     for note in manifest.notes:  # what the build could not do: said on stderr, kept in the manifest
         print(f"warning: {note}", file=sys.stderr, flush=True)
+    given = _given(ctx, ("max_ppl_increase", "min_cosine", "min_top1"))
+    for line in render.gates_run(manifest, given):  # which gates ran: given ones replace the defaults
+        render.err.print(line, soft_wrap=True)
     if json_out:
         render.print_json({"bundle": str(output), "manifest": manifest.model_dump(mode="json")})
     else:
@@ -234,6 +238,8 @@ def inspect(
         render.print_json(b.manifest.model_dump(mode="json"))
     else:
         render.manifest_table(b.manifest, b.root)
+    if check:  # on stderr with --json, which keeps stdout for the manifest
+        (render.err if json_out else render.out).print(render.checked(b.manifest.files()))
 
 
 @app.command()
@@ -266,7 +272,11 @@ def eval_(
 
     if not text_file.is_file():
         raise InputError(f"--text-file: file not found: {text_file}")
-    result = load(bundle, target).perplexity(text_file.read_text(encoding="utf-8", errors="replace"), window)
+    from ingot.cli.progress import bar
+
+    model = load(bundle, target)
+    with bar("perplexity windows") as count:
+        result = model.perplexity(text_file.read_text(encoding="utf-8", errors="replace"), window, progress=count)
     if json_out:
         render.print_json(result.model_dump())
     else:

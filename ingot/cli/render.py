@@ -14,6 +14,7 @@ from rich.table import Table
 from ingot.plans import Manifest, Target
 
 out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
 
 
 def print_json(data: object) -> None:
@@ -27,8 +28,11 @@ def manifest_table(manifest: Manifest, root: Path) -> None:
     out.print(f"bundle: {root}  schema v{manifest.schema_version}, ingot {manifest.ingot_version}")
     for note in manifest.notes:  # what the build could not do (e.g. "no LLM plan: ...")
         out.print(f"[yellow]note:[/yellow] {note}")
+    if manifest.llm:
+        for line in llm_limits(manifest.llm):
+            out.print(line)
     if manifest.quantization:
-        quantization(manifest.quantization)
+        quantization(manifest.quantization, manifest.targets.values())
     io = Table("", "name", "dtype", "shape", title="inputs / outputs", title_justify="left")
     for kind, specs in (("in", manifest.inputs), ("out", manifest.outputs)):
         for s in specs:
@@ -43,19 +47,83 @@ def manifest_table(manifest: Manifest, root: Path) -> None:
     out.print(targets)
 
 
-def quantization(q) -> None:
+def llm_limits(llm) -> list[str]:
+    """The paged plan's limits, which `run`, `bench` and `serve` obey."""
+    return [
+        f"LLM plan: max_model_len {llm.max_model_len} (prompt + output tokens), max_num_seqs {llm.max_num_seqs}, "
+        f"max_num_tokens {llm.max_num_tokens} a step",
+        f"  KV cache: blocks of {llm.kv_block_size} tokens, {_bytes(llm.kv_bytes_per_token)} per token "
+        f"({llm.kv_dtype}, {llm.num_layers} layers x {llm.num_kv_heads} kv heads x {llm.head_dim})",
+    ]
+
+
+def quantization(q, targets) -> None:
+    """The scheme, calibration and accuracy gate, then the layers kept out of it, summarised
+    (`inspect --json` lists every one with its reason)."""
     block = f", block {q.block_size}" if q.block_size else ""
     block += f", {q.rounding} rounding" if q.rounding else ""
     out.print(f"quantization: {q.scheme}{block}, {q.layers_quantized} layers quantized, excluded {', '.join(q.exclude) or 'none'}")
     if q.calibration:
         c = q.calibration
         out.print(f"  calibration: {c.source} ({c.format}, {c.samples} samples, seq {c.seq_len}, {c.method})")
-    for name, reason in q.layers_skipped.items():
-        out.print(f"  skipped {name}: {reason}")
-    for name, reason in q.layers_int8.items():
-        out.print(f"  int8 {name}: {reason}")
+    for t in targets:
+        if t.verification is not None and t.verification.gates:
+            out.print(f"  accuracy gate on {t.name}: {gate_line(t.verification)}")
+    if q.layers_skipped:
+        out.print(f"  {_layers(len(q.layers_skipped))} kept float: {_by_reason(q.layers_skipped)}; --json for the list")
+    if q.layers_int8:
+        out.print(f"  {_layers(len(q.layers_int8))} INT8 weight-only: {_by_reason(q.layers_int8)}; --json for the list")
+    listed = set(q.layers_skipped) | set(q.layers_int8)
     for line in [*q.warnings, *q.notes]:
-        out.print(f"  note: {line}")
+        if line.split(" ", 1)[0] not in listed:  # "NAME stays in float: reason": in the summary above
+            out.print(f"  note: {line}")
+
+
+GATE_OPTIONS = {"max_ppl_increase_pct": "--max-ppl-increase", "min_cosine": "--min-cosine", "min_top1": "--min-top1"}
+
+
+def gate_line(v) -> str:
+    """`passed (--max-ppl-increase 50, --min-top1 0.5): perplexity 49.9 -> 51.8 (+3.71%), ... on DATA`."""
+    gates = ", ".join(f"{GATE_OPTIONS.get(k, k)} {value:g}" for k, value in v.gates.items())
+    on = f" on {v.data}" if v.data else ""
+    return f"{'passed' if v.passed else 'failed'} ({gates}): {v.summary()}{on}"
+
+
+def gates_run(manifest: Manifest, given: list[str]) -> list[str]:
+    """A line per target whose accuracy gate ran: which gates, given or the defaults."""
+    which = f"{', '.join(given)} given, the default gates off" if given else "the default gates"
+    return [f"accuracy gate on {t.name} ({which}): {gate_line(t.verification)}"
+            for t in manifest.targets.values() if t.verification is not None and t.verification.gates]
+
+
+# What a layer kept out of a scheme is, by the start of its reason (ingot.quant's wording)
+REASON_KINDS = {
+    "attention key/value projection": "k/v projections",
+    "massive activations": "massive activations",
+    "sensitive": "most sensitive",
+}
+
+
+def _by_reason(layers: dict[str, str]) -> str:
+    """`30 k/v projections, 2 massive activations`: counts by kind of reason, most first."""
+    kinds: dict[str, int] = {}
+    for reason in layers.values():
+        kind = next((k for start, k in REASON_KINDS.items() if reason.startswith(start)), reason.split(":")[0])
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def _layers(n: int) -> str:
+    return f"{n} layer{'s' if n != 1 else ''}"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**10:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
+
+
+def checked(files) -> str:
+    total = sum(f.size for f in files)
+    return f"sha256: all {len(files)} files match the manifest ({total / 2**20:.1f} MiB read)"
 
 
 def _size(t: Target) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ingot.quant.errors import QuantError
-from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer
+from ingot.quant.report import AwqChoice, Progress, QuantReport, SkippedLayer, silent
 from ingot.quant.spec import QuantSpec
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ __all__ = ["AwqChoice", "QuantError", "QuantReport", "QuantSpec", "SkippedLayer"
 
 def quantize(
     model: onnx.ModelProto, spec: QuantSpec, calib_feeds: list[dict[str, np.ndarray]] | None = None,
-    check_feeds: list[dict[str, np.ndarray]] | None = None,
+    check_feeds: list[dict[str, np.ndarray]] | None = None, progress: Progress = silent,
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """Quantize `model` as `spec` says; `model` itself is not modified.
 
@@ -35,7 +35,7 @@ def quantize(
     rows of the same data: a sensitivity ranking and target search score int4-awq on them
     alone (AWQ and GPTQ fit the calibration rows; `calib_feeds` if there are none), FP8 and
     RTN, which fit nothing row by row, on both. Raises QuantError, with a one-line message,
-    when it cannot.
+    when it cannot. `progress` hears of the long loops (calibration samples, layers, groups).
     """
     if spec.scheme == "none":
         return model, QuantReport(scheme="none")
@@ -47,7 +47,8 @@ def quantize(
     if spec.scheme == "int4":
         from ingot.quant.int4 import quantize_int4
 
-        qmodel, report = quantize_int4(model, spec, feeds=[*(calib_feeds or []), *(check_feeds or [])])
+        qmodel, report = quantize_int4(model, spec, feeds=[*(calib_feeds or []), *(check_feeds or [])],
+                                       progress=progress)
         if not spec.needs_calibration:  # RTN reads calibration data only to rank layers (keep_sensitive)
             return _stored(qmodel, report, spec)
     elif spec.scheme == "int4-awq":
@@ -56,15 +57,17 @@ def quantize(
 
         tensors = awq_activations(model, spec)
         grams = tensors if spec.gptq else []  # GPTQ's Hessians, X^T X over every row
-        stats = calibrate(model, calib_feeds, tensors, max_rows=spec.search_rows, max_values=0, grams=grams)
-        qmodel, report = quantize_int4(model, spec, stats, check_feeds or calib_feeds)
+        stats = calibrate(model, calib_feeds, tensors, max_rows=spec.search_rows, max_values=0, grams=grams,
+                          progress=progress)
+        qmodel, report = quantize_int4(model, spec, stats, check_feeds or calib_feeds, progress)
     else:
         from ingot.quant.calibrate import MAX_VALUES, calibrate
         from ingot.quant.fp8 import fp8_activations, quantize_fp8
 
         values = MAX_VALUES if spec.calib_method == "percentile" else 0  # a sample of |x| for percentiles
-        stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=0, max_values=values)
-        qmodel, report = quantize_fp8(model, spec, stats, [*calib_feeds, *(check_feeds or [])])
+        stats = calibrate(model, calib_feeds, fp8_activations(model, spec), max_rows=0, max_values=values,
+                          progress=progress)
+        qmodel, report = quantize_fp8(model, spec, stats, [*calib_feeds, *(check_feeds or [])], progress)
     return _stored(qmodel, report.model_copy(update={"calib_samples": len(calib_feeds)}), spec)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from ingot.quant.errors import QuantError
+from ingot.quant.report import Progress, silent
 
 MAX_ROWS = 512  # activation rows kept per tensor for AWQ's error measurement
 MAX_VALUES = 1 << 17  # |x| values kept per tensor for percentiles
@@ -45,6 +46,7 @@ def calibrate(
     max_values: int = MAX_VALUES,
     seed: int = 0,
     grams: list[str] | None = None,
+    progress: Progress = silent,
 ) -> dict[str, TensorStats]:
     """Statistics of `tensors` over `feeds`, by running `model` with ONNX Runtime on CPU;
     `grams`: those of `tensors` that also get a Gram matrix (8 C^2 bytes each).
@@ -61,6 +63,7 @@ def calibrate(
     assert grams <= set(tensors), grams - set(tensors)
     acc = {t: _Accumulator(max_rows, max_values, t in grams) for t in dict.fromkeys(tensors)}
     for i, feed in enumerate(feeds):
+        progress("calibration sample", i, len(feeds))
         try:
             values = dict(zip(fetch, session.run(fetch, feed))) if fetch else {}
         except Exception as e:

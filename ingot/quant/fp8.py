@@ -21,7 +21,7 @@ from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
 from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import fp8_activation_scale, fp8_quantize_channels
-from ingot.quant.report import QuantReport, SkippedLayer, skip_warnings
+from ingot.quant.report import Progress, QuantReport, SkippedLayer, silent, skip_warnings
 from ingot.quant.sensitivity import Target, mixed
 from ingot.quant.spec import QuantSpec
 
@@ -57,7 +57,7 @@ def fp8_activations(model: onnx.ModelProto, spec: QuantSpec) -> list[str]:
 
 def quantize_fp8(
     model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats],
-    feeds: list[dict[str, np.ndarray]] | None = None,
+    feeds: list[dict[str, np.ndarray]] | None = None, progress: Progress = silent,
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """FP8 Q/DQ around every eligible layer; `stats` from `calibrate` on `fp8_activations`.
     With `spec.keep_sensitive`, the calibration `feeds` rank the layers (sensitivity.py)."""
@@ -69,7 +69,7 @@ def quantize_fp8(
 
     build = lambda rest, sensitive: _quantize_fp8(model, spec, stats, rest, skipped + sensitive)  # noqa: E731
     return mixed(model, layers, lone, build, feeds, spec.scheme, spec.keep_sensitive,
-                 Target(spec.target_cosine, spec.target_top1))
+                 Target(spec.target_cosine, spec.target_top1), progress)
 
 
 def _quantize_fp8(

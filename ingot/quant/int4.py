@@ -33,7 +33,7 @@ from ingot.quant.graph import GraphEditor, prepared_copy, scope
 from ingot.quant.layers import Layer, by_activation, find_layers
 from ingot.quant.outliers import keep_massive
 from ingot.quant.primitives import int4_quantize, int8_channel_quantize, padded_k
-from ingot.quant.report import AwqChoice, QuantReport, SkippedLayer, skip_warnings
+from ingot.quant.report import AwqChoice, Progress, QuantReport, SkippedLayer, silent, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
 from ingot.quant.sensitivity import Target, mixed
 from ingot.quant.spec import QuantSpec
@@ -60,7 +60,7 @@ def awq_activations(model: onnx.ModelProto, spec: QuantSpec) -> list[str]:
 
 def quantize_int4(
     model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats] | None = None,
-    feeds: list[dict[str, np.ndarray]] | None = None,
+    feeds: list[dict[str, np.ndarray]] | None = None, progress: Progress = silent,
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """INT4 blockwise weight quantization of every eligible MatMul (RTN, or AWQ with `stats`).
     With `spec.keep_sensitive`, the calibration `feeds` rank the layers by their lone
@@ -75,9 +75,9 @@ def quantize_int4(
     rtn = spec.model_copy(update={"scheme": "int4"})
     lone = lambda layer: _quantize_int4(model, rtn, None, [layer], skipped)  # noqa: E731
 
-    build = lambda rest, sensitive: _quantize_int4(model, spec, stats, rest, skipped + sensitive, int8)  # noqa: E731
+    build = lambda rest, sensitive: _quantize_int4(model, spec, stats, rest, skipped + sensitive, int8, progress)  # noqa: E731
     return mixed(model, layers, lone, build, feeds, spec.scheme, spec.keep_sensitive,
-                 Target(spec.target_cosine, spec.target_top1))
+                 Target(spec.target_cosine, spec.target_top1), progress)
 
 
 def _recipe_float(
@@ -102,7 +102,7 @@ def _recipe_float(
 
 def _quantize_int4(
     model: onnx.ModelProto, spec: QuantSpec, stats: dict[str, TensorStats] | None, layers: list[Layer],
-    skipped: list[SkippedLayer], int8: list[SkippedLayer] = (),
+    skipped: list[SkippedLayer], int8: list[SkippedLayer] = (), progress: Progress = silent,
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """INT4 weights for `layers` (found in `model`) and INT8 weights for the `int8` ones in a
     copy of `model`; `skipped` goes to the report."""
@@ -113,9 +113,10 @@ def _quantize_int4(
     wide = {k.name for k in int8}
     int8_layers = [layer for layer in found if layer.name in wide]
     edit = GraphEditor(model)
-    prepared, choices, scales = _apply_awq(edit, layers, spec, stats) if spec.scheme == "int4-awq" else ({}, [], {})
-    gptq = spec.scheme == "int4-awq" and spec.gptq
-    rounded = _gptq_weights(edit, layers, prepared, scales, stats, spec) if gptq else {}
+    awq = spec.scheme == "int4-awq"
+    prepared, choices, scales = _apply_awq(edit, layers, spec, stats, progress) if awq else ({}, [], {})
+    gptq = awq and spec.gptq
+    rounded = _gptq_weights(edit, layers, prepared, scales, stats, spec, progress) if gptq else {}
     before, after = _quantize_weights(edit, layers, prepared, rounded, spec)
     before8, after8 = _int8_weights(edit, int8_layers)
     padded = _pad_activations(edit, layers, spec)
@@ -194,7 +195,7 @@ def _by_weight(layers: list[Layer]) -> dict[str, list[Layer]]:
 
 def _gptq_weights(
     edit: GraphEditor, layers: list[Layer], prepared: dict[str, np.ndarray], scales: dict[str, np.ndarray],
-    stats: dict[str, TensorStats], spec: QuantSpec,
+    stats: dict[str, TensorStats], spec: QuantSpec, progress: Progress = silent,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{weight: (int4 q, scale)} by GPTQ for every weight, on its prepared (AWQ-scaled) W.
 
@@ -209,7 +210,8 @@ def _gptq_weights(
         shared.setdefault(xs, []).append(weight)
         block[xs] = spec.block_for(users[0].name)  # the LM head reads its own X
     out = {}
-    for xs, names in shared.items():
+    for done, (xs, names) in enumerate(shared.items()):
+        progress("GPTQ group", done, len(shared))
         bs = block[xs]
         h = sum(_scaled_gram(stats[x], scales.get(x)) for x in xs)
         order = act_order(h, bs) if spec.gptq_act_order else None
@@ -232,7 +234,8 @@ def _scaled_gram(st: TensorStats, s: np.ndarray | None) -> np.ndarray:
 
 
 def _apply_awq(
-    edit: GraphEditor, layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats] | None
+    edit: GraphEditor, layers: list[Layer], spec: QuantSpec, stats: dict[str, TensorStats] | None,
+    progress: Progress = silent,
 ) -> tuple[dict[str, np.ndarray], list[AwqChoice], dict[str, np.ndarray]]:
     """Per activation group: search a scale, move 1/s onto X, scale the weights' rows by s.
     Returns {weight: the float [K, N] array to round}, what was chosen, and {X: s} where s != 1.
@@ -243,7 +246,8 @@ def _apply_awq(
     groups = by_activation(layers)
     shared = shared_weights(groups)
     prepared, choices, scales = {}, [], {}
-    for x, group in reversed(groups.items()):
+    for done, (x, group) in enumerate(reversed(groups.items())):
+        progress("AWQ group", done, len(groups))
         if shared & {layer.weight for layer in group}:  # one scale per weight: plain RTN there
             choices.append(AwqChoice(activation=x, layers=[layer.name for layer in group], alpha=0.0, scaling="none"))
             continue

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+
+# What a long pass tells its caller: (what, done, total), e.g. ("calibration sample", 3, 32)
+Progress = Callable[[str, int, int], None]
+
+
+def silent(what: str, done: int, total: int) -> None:
+    """The default Progress: nothing shown."""
 
 
 class _Frozen(BaseModel):

@@ -25,7 +25,7 @@ import onnx
 
 from ingot.quant.errors import QuantError
 from ingot.quant.layers import Layer
-from ingot.quant.report import QuantReport, SkippedLayer
+from ingot.quant.report import Progress, QuantReport, SkippedLayer, silent
 
 # quantize(layer) -> (model, report): the pass with only `layer` quantized
 Quantizer = Callable[[Layer], tuple[onnx.ModelProto, QuantReport]]
@@ -66,7 +66,7 @@ Attempt = tuple[onnx.ModelProto, QuantReport, dict[str, float]]
 
 def mixed(
     model: onnx.ModelProto, layers: list[Layer], lone: Quantizer, build: Builder, feeds: Feeds | None,
-    scheme: str, count: int = 0, target: Target = Target(),
+    scheme: str, count: int = 0, target: Target = Target(), progress: Progress = silent,
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """`build` with the `count` most sensitive `layers` in float, or with the fewest that reach
     `target` (at least `count`); without either, `build([])`."""
@@ -78,8 +78,8 @@ def mixed(
     count = min(count, len(layers) - 1)  # one layer at least stays quantized
     reference = _outputs(_session(model), feeds)
     if not aims:
-        return _float(layers, build, keep_sensitive(layer_drift(model, layers, lone, feeds, reference), count))
-    return _toward(model, layers, lone, build, feeds, reference, count, target)
+        return _float(layers, build, keep_sensitive(layer_drift(model, layers, lone, feeds, reference, progress), count))
+    return _toward(model, layers, lone, build, feeds, reference, count, target, progress)
 
 
 def _float(layers: list[Layer], build: Builder, sensitive: list[SkippedLayer]) -> tuple[onnx.ModelProto, QuantReport]:
@@ -90,7 +90,7 @@ def _float(layers: list[Layer], build: Builder, sensitive: list[SkippedLayer]) -
 
 def _toward(
     model: onnx.ModelProto, layers: list[Layer], lone: Quantizer, build: Builder, feeds: Feeds,
-    reference: list[np.ndarray], count: int, target: Target,
+    reference: list[np.ndarray], count: int, target: Target, progress: Progress = silent,
 ) -> tuple[onnx.ModelProto, QuantReport]:
     """The fewest most-sensitive layers float (count..all but one, by bisection) whose build reaches `target`."""
 
@@ -100,7 +100,7 @@ def _toward(
 
     if count == 0 and target.met((first := attempt(0, {}))[2]):
         return _reached(first, target, 0, len(layers))
-    drift = layer_drift(model, layers, lone, feeds, reference)
+    drift = layer_drift(model, layers, lone, feeds, reference, progress)
     cap = len(layers) - 1
     best = attempt(cap, drift)
     if not target.met(best[2]):  # best effort: all but one layer float, with a warning
@@ -140,13 +140,14 @@ def _figures(figures: dict[str, float]) -> str:
 
 def layer_drift(
     model: onnx.ModelProto, layers: list[Layer], quantize: Quantizer, feeds: Feeds,
-    reference: list[np.ndarray] | None = None,
+    reference: list[np.ndarray] | None = None, progress: Progress = silent,
 ) -> dict[str, float]:
     """{layer name: relative output drift with only that layer quantized}."""
     reference = reference if reference is not None else _outputs(_session(model), feeds)
     norm = float(np.sqrt(sum(float(np.sum(y.astype(np.float64) ** 2)) for y in reference))) or 1.0
     drift = {}
-    for layer in layers:
+    for done, layer in enumerate(layers):
+        progress("sensitivity of layer", done, len(layers))
         qmodel, report = quantize(layer)
         got = _outputs(_session(qmodel, report.session_config), feeds)
         err = sum(float(np.sum((g.astype(np.float64) - r) ** 2)) for g, r in zip(got, reference))

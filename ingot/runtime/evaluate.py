@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+Progress = Callable[[int, int], None]  # (done, total)
 
 
 class Perplexity(BaseModel):
@@ -63,14 +64,21 @@ def token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def perplexity(run: Run, input_names: list[str], ids: np.ndarray, window: int, batch: int = 4) -> Perplexity:
+def perplexity(
+    run: Run, input_names: list[str], ids: np.ndarray, window: int, batch: int = 4, progress: Progress | None = None,
+) -> Perplexity:
+    """`progress(windows done, windows)` is called before the first batch and after each."""
     wins = windows(ids, window)
     if not wins:
         raise ValueError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
-    total, count = 0.0, 0
+    total, count, done = 0.0, 0, 0
+    if progress:
+        progress(0, len(wins))
     for rows in batches(wins, batch):
         nll = token_nll(run(feeds_for(rows, input_names))["logits"], rows)
-        total, count = total + float(nll.sum()), count + nll.size
+        total, count, done = total + float(nll.sum()), count + nll.size, done + len(rows)
+        if progress:
+            progress(done, len(wins))
     return Perplexity(perplexity=float(np.exp(total / count)), tokens=count, windows=len(wins))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +50,11 @@ class Model:
     def run_text(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.run(self.encode(texts))
 
-    def perplexity(self, text: str, window: int | None = None, batch: int = 4):
+    def perplexity(self, text: str, window: int | None = None, batch: int = 4,
+                   progress: Callable[[int, int], None] | None = None):
         """Perplexity of a causal-LM bundle on `text`, in non-overlapping windows of `window`
-        tokens (default: 512, or the bundle's longest sequence if shorter)."""
+        tokens (default: 512, or the bundle's longest sequence if shorter); `progress(done,
+        total)` hears of the windows as they are scored."""
         from ingot.runtime.evaluate import perplexity
 
         if self.manifest.model.kind != "causal-lm":
@@ -66,7 +69,7 @@ class Model:
         if len(ids) < 2:
             raise InputError(f"the text has {len(ids)} tokens; perplexity needs at least 2")
         names = [i.name for i in self.manifest.inputs]
-        return perplexity(self._run, names, ids, window, batch)
+        return perplexity(self._run, names, ids, window, batch, progress)
 
 
 def load(root: Path, target: str | None = None, host: Host | None = None, threads: int | None = None) -> Model:

@@ -99,7 +99,7 @@ def test_recipe_layers_as_int8_are_listed_and_shown(llama_bundle, calib_txt, tmp
     q = open_bundle(out).manifest.quantization
     kv = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
     assert set(q.layers_int8) == kv and q.layers_quantized == 10 and set(q.layers_skipped) == {"lm_head/MatMul"}
-    assert "int8 model.layers.0.self_attn.k_proj/MatMul: attention key/value projection" in ingot("inspect", out).stdout
+    assert "4 layers INT8 weight-only: 4 k/v projections; --json for the list" in ingot("inspect", out).stdout
     for flag, value in (("--recipe-precision", "int3"), ("--float-weights", "fp64"), ("--target-cosine", 1.5),
                         ("--target-top1", -0.1)):
         with pytest.raises(BuildError, match=flag):

@@ -3,6 +3,7 @@ refused, messages that say what to type. Each test runs the CLI as a user types 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -161,3 +162,24 @@ def test_ctrl_c_during_generation_is_one_line_exit_130(llama_bundle, tmp_path):
     assert_user_error(proc, "interrupted", code=130)
     assert proc.stderr.splitlines()[-1] == "error: interrupted", proc.stderr
     assert proc.stdout == ""
+
+
+def test_a_verify_that_did_not_run_says_skipped(cnn_bundle, tmp_path):
+    onnx = next(cnn_bundle.glob("targets/cpu-*/model.onnx"))
+    proc = ingot("build", onnx, "-o", tmp_path / "onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert "verify cpu-x86_64 skipped: an .onnx source has no torch model to compare with" in proc.stderr, proc.stderr
+    assert "✓ verify" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("options", "which"), [
+    ((), "(the default gates): passed (--max-ppl-increase 50, --min-top1 0.5): perplexity"),
+    (("--max-ppl-increase", "80"), "(--max-ppl-increase given, the default gates off): passed (--max-ppl-increase 80): "),
+])
+def test_a_quantized_build_says_which_gates_ran(options, which, llama_bundle, tmp_path):
+    proc = ingot("build", llama_bundle, "-o", tmp_path / "q", "--quant", "int4", *options, "--json")
+    assert proc.returncode == 0, proc.stderr
+    gates = [line for line in proc.stderr.splitlines() if line.startswith("accuracy gate on cpu-x86_64 ")]
+    assert len(gates) == 1 and which in gates[0], proc.stderr
+    assert json.loads(proc.stdout)["manifest"]["precision"] == "int4"  # stdout: the JSON alone
+

@@ -17,6 +17,14 @@ def test_uniform_model_has_perplexity_of_the_vocab():
     assert p.perplexity == pytest.approx(7.0) and p.tokens == 3 * 31 + 3 and p.windows == 4
 
 
+def test_perplexity_reports_its_windows_as_they_are_scored():
+    ids = np.arange(100) % 7
+    run = lambda feeds: {"logits": np.zeros((*feeds["input_ids"].shape, 7), np.float32)}  # noqa: E731
+    seen = []
+    perplexity(run, ["input_ids"], ids, window=10, batch=4, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 10), (4, 10), (8, 10), (10, 10)]  # ingot eval draws its bar on stderr from these
+
+
 def test_windows_and_agreement():
     assert [len(w) for w in windows(np.arange(10), 4)] == [4, 4, 2]
     assert [len(w) for w in windows(np.arange(9), 4)] == [4, 4]  # a 1-token tail predicts nothing
