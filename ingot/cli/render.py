@@ -18,7 +18,8 @@ err = Console(stderr=True, highlight=False)
 
 
 def print_json(data: object) -> None:
-    print(json.dumps(data, indent=2))
+    """One line of compact JSON (every --json of the CLI): `jq` reads it, and pretty-prints it."""
+    print(json.dumps(data, separators=(",", ":")))
 
 
 def manifest_table(manifest: Manifest, root: Path) -> None:
@@ -149,7 +150,15 @@ def outputs_text(outputs: dict[str, np.ndarray], kind: str) -> None:
 
 
 def outputs_json(outputs: dict[str, np.ndarray]) -> dict:
-    return {n: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a.tolist()} for n, a in outputs.items()}
+    return {n: {"dtype": str(a.dtype), "shape": list(a.shape), "data": _values(a)} for n, a in outputs.items()}
+
+
+def _values(a: np.ndarray) -> list:
+    """Nested lists; a float16/32 value as the shortest decimal that reads back to it (0.1, not
+    0.10000000149011612): numpy's str of the value, as a Python float with the same repr."""
+    if a.dtype in (np.float16, np.float32):
+        return a.astype(str).astype(np.float64).tolist()
+    return a.tolist()
 
 
 def save_npz(path: Path, outputs: dict[str, np.ndarray]) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO, assert_user_error, ingot, tree_digest
@@ -183,3 +184,14 @@ def test_a_quantized_build_says_which_gates_ran(options, which, llama_bundle, tm
     assert len(gates) == 1 and which in gates[0], proc.stderr
     assert json.loads(proc.stdout)["manifest"]["precision"] == "int4"  # stdout: the JSON alone
 
+
+def test_run_json_is_one_compact_line_of_exact_float32(bert_bundle, tmp_path):
+    texts = ("--text", "A man is eating food.", "--text", "The quick brown fox jumps over the lazy dog.")
+    proc = ingot("run", bert_bundle, *texts, "--json", "--output", tmp_path / "out.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("}\n") and proc.stdout.count("\n") == 1, proc.stdout[:200]
+    data = json.loads(proc.stdout)
+    saved = np.load(tmp_path / "out.npz")
+    for name, out in data["outputs"].items():
+        assert np.array_equal(np.array(out["data"], out["dtype"]), saved[name]), name
+    assert len(proc.stdout) < 12_000, len(proc.stdout)  # was 28 KB: indent=2 and float64 reprs of float32
