@@ -9,7 +9,7 @@ one stream per request, as genai-perf does), against `ingot bench`'s `run_bench`
 in this process with the same prompts (the server tokenizes their text back to the same
 lengths); then the same over the OpenAI API (/v1/completions, streamed, token-id prompts
 reversed so that nothing is in the prefix cache), and at C=1 the time to first token over HTTP
-against in-process (4 requests each, prompts cut by one or two tokens to miss the cache). Rounds alternate the two, each on prompts not seen before (no prefix-cache hits);
+against in-process (8 requests each, prompts cut by one or two tokens to miss the cache). Rounds alternate the two, each on prompts not seen before (no prefix-cache hits);
 the ratio is each round's.
 
 Encoder: 32 concurrent clients each sending one sentence per request (ModelInfer, `text`
@@ -154,7 +154,7 @@ def bench_llm(bundle: Path, args) -> None:
             r = in_process(engine, rounds[i], args.output_len, args.concurrency)
             ratios.append(s["output_tokens_per_s"] / r["output_tokens_per_s"])
             http_ratios.append(h["output_tokens_per_s"] / r["output_tokens_per_s"])
-            one = rounds[i][:4]  # C=1: time to first token over HTTP against in-process
+            one = rounds[i][:8]  # C=1: time to first token over HTTP against in-process
             h1 = asyncio.run(served_http(http, name, [p[1:] for p in one], args.output_len, 1))
             r1 = in_process(engine, [p[2:] for p in one], args.output_len, 1)
             ttft_gaps.append(h1["ttft_p50_s"] - r1["ttft_p50_s"])
