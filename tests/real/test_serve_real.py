@@ -68,3 +68,21 @@ def test_minilm_openai_embeddings_equal_ingot_run(real_server, minilm_bundle):
     proc = ingot("run", minilm_bundle, *args, "--json")
     want = np.array(json.loads(proc.stdout)["outputs"]["sentence_embedding"]["data"], dtype=np.float32)
     np.testing.assert_allclose(got, want.reshape(got.shape), rtol=1e-5, atol=1e-5)
+
+
+def test_smollm2_chat_logprobs(real_server):
+    """Greedy chat with logprobs on the real model: each chosen token is its step's most likely,
+    its logprob is a probability's log, and the tokens' bytes rejoin to the text."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{real_server.http}/v1", api_key="unused", max_retries=0)
+    r = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Name a colour."}],
+                                       max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for t in content:
+        assert len(t.top_logprobs) == 3 and t.logprob <= 0
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-6)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+    text = bytes(b for t in content for b in t.bytes).decode("utf-8", errors="replace")
+    assert text.startswith(r.choices[0].message.content)  # the EOS token, if any, adds its text after
