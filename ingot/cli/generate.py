@@ -138,7 +138,7 @@ def generate(bundle: Path, prompts: list[str], params, *, chat: bool, stream: bo
                 _print_line(request_json(index, prompt, output))
             else:
                 _print_text(index, prompt, output.text, len(prompts))
-        _summary(outputs, time.perf_counter() - start)
+        _summary(outputs, time.perf_counter() - start, params.max_tokens, manifest.llm.max_model_len)
 
 
 async def _stream(bundle: Path, prompts: list[str], params, *, chat: bool, json_out: bool,
@@ -169,7 +169,7 @@ async def _stream(bundle: Path, prompts: list[str], params, *, chat: bool, json_
             async for output in llm.stream(request_id):
                 _emit_delta(index, prompt, output, json_out)
             finals.append(output)
-        _summary(finals, time.perf_counter() - start)
+        _summary(finals, time.perf_counter() - start, params.max_tokens, runner.info.max_model_len)
     finally:
         await llm.shutdown()
 
@@ -213,7 +213,13 @@ def _report(report) -> None:
     print(report, file=sys.stderr, flush=True)
 
 
-def _summary(outputs: list, wall_s: float) -> None:
+def _summary(outputs: list, wall_s: float, max_tokens: int, max_model_len: int) -> None:
+    for index, o in enumerate(outputs):  # cut short by the plan's limit, not by --max-tokens: say so
+        if o.num_output_tokens < max_tokens and o.num_prompt_tokens + o.num_output_tokens >= max_model_len:
+            where = "" if len(outputs) == 1 else f" {index}"
+            print(f"note: request{where} stopped at {o.num_output_tokens} of --max-tokens {max_tokens}: its "
+                  f"{o.num_prompt_tokens} prompt tokens and the output reached max_model_len {max_model_len}",
+                  file=sys.stderr, flush=True)
     tokens = sum(o.num_output_tokens for o in outputs)
     print(f"{len(outputs)} request(s), {tokens} output tokens in {wall_s:.2f}s "
           f"({tokens / wall_s if wall_s else 0:.1f} tokens/s)", file=sys.stderr, flush=True)

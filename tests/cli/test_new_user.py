@@ -195,3 +195,16 @@ def test_run_json_is_one_compact_line_of_exact_float32(bert_bundle, tmp_path):
     for name, out in data["outputs"].items():
         assert np.array_equal(np.array(out["data"], out["dtype"]), saved[name]), name
     assert len(proc.stdout) < 12_000, len(proc.stdout)  # was 28 KB: indent=2 and float64 reprs of float32
+
+
+@pytest.mark.parametrize("stream", [(), ("--stream",)])
+def test_output_cut_by_max_model_len_says_so(stream, llama_bundle):
+    """A prompt near max_model_len (256 on the tiny plan) with --max-tokens past it: the output
+    stops at the limit, with one line saying so."""
+    prompt = " ".join(["fox"] * 120)
+    proc = ingot("run", llama_bundle, "--prompt", prompt, "--max-tokens", "200", "--ignore-eos", *stream)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note: request stopped at")]
+    assert len(notes) == 1 and "of --max-tokens 200" in notes[0] and "max_model_len 256" in notes[0], proc.stderr
+    short = ingot("run", llama_bundle, "--prompt", "fox", "--max-tokens", "5", "--ignore-eos", *stream)
+    assert "note:" not in short.stderr
