@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from ingot import __version__
 from ingot.runtime.errors import RunError
+from ingot.runtime.llm.errors import PromptTooLongError
 from ingot.serve import openai_protocol as oa
 from ingot.serve import tensors
 from ingot.serve.errors import (
@@ -339,7 +340,8 @@ def _completion_prompt(served: LLMServed, prompt) -> tuple[str, list[int] | None
 def _start(served: LLMServed, prompt: str, ids: list[int] | None, body) -> list:
     """n generations, submitted now (a full queue or too long a prompt raises before any response).
     With a seed, choice i samples with seed + i."""
-    params = body.sampling_params(16)
+    ids = served.tokenize(prompt) if ids is None else ids  # as the engine would: the length is checked here
+    params = body.sampling_params(_max_tokens(served, len(ids), body))
     gens = []
     try:
         for i in range(body.n):
@@ -350,6 +352,23 @@ def _start(served: LLMServed, prompt: str, ids: list[int] | None, body) -> list:
             g._end(ok=False)
         raise
     return gens
+
+
+def _max_tokens(served: LLMServed, prompt_tokens: int, body) -> int:
+    """As vLLM: max_tokens the client gave must fit max_model_len with the prompt (else 400); left out,
+    completions take 16 and chat the room left, each at most that room."""
+    limit = served.max_model_len
+    room = limit - prompt_tokens
+    if room < 1:
+        raise PromptTooLongError(f"This model's maximum context length (max_model_len) is {limit} tokens. However, your prompt has "
+                                 f"{prompt_tokens} tokens, which leaves no room for a completion.")
+    chat = isinstance(body, oa.ChatCompletionRequest)
+    given = body.max_new_tokens() if chat or "max_tokens" in body.model_fields_set else None
+    if given is not None and prompt_tokens + given > limit:
+        raise PromptTooLongError(f"This model's maximum context length (max_model_len) is {limit} tokens. However, you requested "
+                                 f"{prompt_tokens + given} tokens ({prompt_tokens} in the prompt, {given} in the "
+                                 f"completion). Please reduce the length of the prompt or completion.")
+    return given if given is not None else min(room, room if chat else 16)
 
 
 async def _collect(gens: list) -> list:

@@ -168,6 +168,11 @@ class LLMServed(Served):
     def tokenize(self, text: str) -> list[int]:
         return list(self.engine.engine.tokenize(text))
 
+    @property
+    def max_model_len(self) -> int:
+        """Prompt + output tokens of a request, at most (the plan's limit)."""
+        return self.engine.engine.config.max_model_len
+
     def chat_prompt(self, messages: list[dict]) -> tuple[str, list[int]]:
         """A conversation rendered with the bundle's chat template: (text, token ids)."""
         from ingot.runtime.llm.llm import chat_template, render_chat, special_tokens

@@ -125,6 +125,19 @@ def test_embeddings_equal_the_runtime(client, bert_bundle):
     np.testing.assert_allclose(row, want[0], rtol=1e-5, atol=1e-5)
 
 
+def test_max_tokens_and_max_model_len_as_vllm(client):
+    """max_tokens given must fit max_model_len (256) with the prompt: else 400. Left out, completions
+    take 16 and chat the room left."""
+    with pytest.raises(openai.BadRequestError, match=r"you requested \d+ tokens \(\d+ in the prompt, 250 in the completion\)"):
+        client.completions.create(model="llama", prompt=PROMPTS[0], max_tokens=250)
+    with pytest.raises(openai.BadRequestError, match="max_model_len"):
+        client.chat.completions.create(model="llama", messages=[{"role": "user", "content": "x"}], max_tokens=256)
+    r = client.completions.create(model="llama", prompt=PROMPTS[0], **GREEDY)
+    assert r.usage.completion_tokens == 16
+    r = client.chat.completions.create(model="llama", messages=[{"role": "user", "content": PROMPTS[0]}], **GREEDY)
+    assert r.usage.prompt_tokens + r.usage.completion_tokens == 256 and r.choices[0].finish_reason == "length"
+
+
 def test_errors_have_openai_shape_and_status(client, server):
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="nope", prompt="x")
