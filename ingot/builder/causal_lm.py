@@ -24,7 +24,7 @@ def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName
     hf = getattr(loaded.module, "model", None) if loaded.kind == "causal-lm" else None
     if cfg.layout == "dense" or hf is None:
         if cfg.layout == "paged":
-            raise BuildError(f"--layout paged needs a Hugging Face causal LM (Llama, Qwen2, Mistral); "
+            raise BuildError(f"--layout paged needs a Hugging Face causal LM (Llama, Qwen2, Qwen3, Mistral); "
                              f"{loaded.source.name} is {loaded.kind}")
         return None
     from ingot.builder.paged import SUPPORTED
@@ -43,7 +43,6 @@ def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName
 
 # What each family needs that paged plans do not have yet (paged: paged.SUPPORTED)
 MISSING = {
-    "Qwen3ForCausalLM": "q/k norm",
     "Qwen3MoeForCausalLM": "q/k norm and mixture-of-experts layers",
     "Gemma2ForCausalLM": "sliding-window layers, attention logit soft-capping, GeGLU and scaled embeddings",
     "Gemma3ForCausalLM": "sliding-window layers, q/k norm, GeGLU and scaled embeddings",

@@ -15,7 +15,7 @@ sequence's context (past from the cache, causal over its new tokens). Targets lo
 ingot.builder.lower_cpu for ONNX Runtime; a TensorRT plugin later.
 
 Only the attention is replaced: embeddings, norms, projections, rotary embedding and MLP are
-the Hugging Face modules themselves, so Llama, Qwen2 and Mistral share this wrapper and the
+the Hugging Face modules themselves, so Llama, Qwen2, Qwen3 (q/k norm) and Mistral share this wrapper and the
 exported node names (model.layers.0.mlp.up_proj/MatMul) are those quantization matches.
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 from ingot.plans.llm import DOMAIN, OP_TYPE  # noqa: E402
 METADATA = ("slot_mapping", "block_tables", "context_lens", "query_start_loc")
-SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"}
+SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
 
 
 @torch.library.custom_op("ingot::paged_attention", mutates_args=())
@@ -132,6 +132,8 @@ class PagedCausalLM(torch.nn.Module):
             q = attn.q_proj(x).view(1, -1, self.heads, self.head_dim)
             k = attn.k_proj(x).view(1, -1, self.kv_heads, self.head_dim)
             v = attn.v_proj(x).view(1, -1, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's q and k, before rotary
+                q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
             y = torch.ops.ingot.paged_attention(q[0], k[0], v[0], key_cache, value_cache, *metadata, self.heads,
                                                 self.kv_heads, self.scale)

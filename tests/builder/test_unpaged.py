@@ -6,16 +6,16 @@ import shutil
 from tests.conftest import ingot
 
 
-def tiny_qwen3(folder, tokenizer_dir):
-    """A tiny random Qwen3 (q/k norm: not paged yet) with the tiny Llama's tokenizer."""
+def tiny_phi3(folder, tokenizer_dir):
+    """A tiny random Phi-3 (fused qkv and gate_up: not paged yet) with the tiny Llama's tokenizer."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, vocab_size=320, max_position_embeddings=256,
-                      bos_token_id=0, eos_token_id=1)
-    Qwen3ForCausalLM(cfg).eval().save_pretrained(folder)
+    cfg = Phi3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=320, max_position_embeddings=256,
+                     bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    Phi3ForCausalLM(cfg).eval().save_pretrained(folder)
     for f in tokenizer_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy(f, folder / f.name)
@@ -23,13 +23,13 @@ def tiny_qwen3(folder, tokenizer_dir):
 
 
 def test_unpaged_family_builds_dense_with_a_warning_naming_what_is_missing(tiny_llama_dir, tmp_path):
-    src = tiny_qwen3(tmp_path / "qwen3", tiny_llama_dir)
+    src = tiny_phi3(tmp_path / "phi3", tiny_llama_dir)
     out = tmp_path / "bundle"
     proc = ingot("build", src, "-o", out)
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: no LLM plan")]
     assert len(warning) == 1, proc.stderr
-    assert "Qwen3ForCausalLM needs q/k norm" in warning[0] and "ingot run --prompt" in warning[0]
+    assert "Phi3ForCausalLM needs fused qkv and gate_up projections" in warning[0] and "ingot run --prompt" in warning[0]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["llm"] is None and manifest["notes"] == [warning[0].removeprefix("warning: ")]
     shown = ingot("inspect", out)
