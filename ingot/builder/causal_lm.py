@@ -24,15 +24,16 @@ def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName
     hf = getattr(loaded.module, "model", None) if loaded.kind == "causal-lm" else None
     if cfg.layout == "dense" or hf is None:
         if cfg.layout == "paged":
-            raise BuildError(f"--layout paged needs a Hugging Face causal LM (Llama, Qwen2, Qwen3, Mistral); "
+            raise BuildError(f"--layout paged needs a Hugging Face causal LM (Llama, Qwen2, Qwen3, Mistral, Phi-3); "
                              f"{loaded.source.name} is {loaded.kind}")
         return None
     from ingot.builder.paged import SUPPORTED
 
     arch = (hf.config.architectures or [type(hf).__name__])[0]
-    if arch not in SUPPORTED:
+    if arch not in SUPPORTED or _missing_in(hf):
         if cfg.layout == "paged":
-            raise BuildError(f"--layout paged supports {', '.join(sorted(SUPPORTED))}; {arch} is not one yet")
+            raise BuildError(f"--layout paged supports {', '.join(sorted(SUPPORTED))} with full rotary and no "
+                             f"rope scaling; {arch} {_missing_in(hf) or 'is not one yet'}")
         return None
     gpu = [t.name for t in targets if t.device == "cuda"]
     if gpu:
@@ -48,8 +49,22 @@ MISSING = {
     "Gemma3ForCausalLM": "sliding-window layers, q/k norm, GeGLU and scaled embeddings",
     "Gemma3ForConditionalGeneration": "sliding-window layers, q/k norm, GeGLU and scaled embeddings",
     "GemmaForCausalLM": "GeGLU and scaled embeddings",
-    "Phi3ForCausalLM": "fused qkv and gate_up projections",
 }
+
+
+def _missing_in(hf) -> str | None:
+    """What a model of a paged family uses that paged plans do not apply yet. Static rope scaling
+    (linear, llama3, yarn) is in the Hugging Face rotary module the plan runs; scaling that
+    changes with the sequence length, and rotary over part of a head, are not."""
+    config = hf.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope = rope if isinstance(rope, dict) else {}
+    if float(rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0) or 1.0)) != 1.0:
+        return "needs rotary embeddings over part of each head"
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind in ("dynamic", "longrope"):
+        return f"needs {kind} rope scaling (it changes with the sequence length)"
+    return None
 
 
 def unpaged_note(loaded: LoadedModel, cfg: BuildConfig) -> str | None:
@@ -66,7 +81,9 @@ def unpaged_note(loaded: LoadedModel, cfg: BuildConfig) -> str | None:
         return f"no LLM plan: a paged plan needs a Hugging Face causal LM ({paged}); built a dense plan: {what}"
     arch = (hf.config.architectures or [type(hf).__name__])[0]
     if arch in SUPPORTED:
-        return None
+        missing = _missing_in(hf)
+        return None if missing is None else \
+            f"no LLM plan: this {arch} {missing}, which paged plans do not apply yet; built a dense plan: {what}"
     missing = MISSING.get(arch, "an attention layout paged plans do not cover yet")
     return f"no LLM plan: {arch} needs {missing}, which paged plans do not have yet (they page {paged}); " \
            f"built a dense plan: {what}"

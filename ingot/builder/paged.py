@@ -15,7 +15,7 @@ sequence's context (past from the cache, causal over its new tokens). Targets lo
 ingot.builder.lower_cpu for ONNX Runtime; a TensorRT plugin later.
 
 Only the attention is replaced: embeddings, norms, projections, rotary embedding and MLP are
-the Hugging Face modules themselves, so Llama, Qwen2, Qwen3 (q/k norm) and Mistral share this wrapper and the
+the Hugging Face modules themselves, so Llama, Qwen2, Qwen3 (q/k norm), Mistral and Phi-3 (fused qkv) share this wrapper and the
 exported node names (model.layers.0.mlp.up_proj/MatMul) are those quantization matches.
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 from ingot.plans.llm import DOMAIN, OP_TYPE  # noqa: E402
 METADATA = ("slot_mapping", "block_tables", "context_lens", "query_start_loc")
-SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"}
+SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM"}
 
 
 @torch.library.custom_op("ingot::paged_attention", mutates_args=())
@@ -129,9 +129,7 @@ class PagedCausalLM(torch.nn.Module):
         for layer, key_cache, value_cache in zip(inner.layers, key_caches, value_caches, strict=True):
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(1, -1, self.heads, self.head_dim)
-            k = attn.k_proj(x).view(1, -1, self.kv_heads, self.head_dim)
-            v = attn.v_proj(x).view(1, -1, self.kv_heads, self.head_dim)
+            q, k, v = self._qkv(attn, x)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's q and k, before rotary
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
@@ -140,6 +138,16 @@ class PagedCausalLM(torch.nn.Module):
             hidden = hidden + attn.o_proj(y.reshape(1, -1, self.heads * self.head_dim))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.model.lm_head(inner.norm(hidden[:, logits_indices]))[0]  # batch dim kept: a MatMul, as in HF
+
+    def _qkv(self, attn, x):
+        """(1, T, heads, dim) q and (1, T, kv_heads, dim) k, v: three projections, or Phi-3's fused one."""
+        if hasattr(attn, "qkv_proj"):
+            q, k, v = attn.qkv_proj(x).split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
+                                              self.kv_heads * self.head_dim], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        return (q.view(1, -1, self.heads, self.head_dim), k.view(1, -1, self.kv_heads, self.head_dim),
+                v.view(1, -1, self.kv_heads, self.head_dim))
 
 
 def example_inputs(model: PagedCausalLM, block_size: int, num_blocks: int = 8, seed: int = 0) -> dict:

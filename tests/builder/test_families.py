@@ -26,10 +26,12 @@ def config(family: str):
         return transformers.Qwen3Config(**common, head_dim=16)  # q/k norm
     if family == "mistral":
         return transformers.MistralConfig(**common, sliding_window=None)
+    if family == "phi3":
+        return transformers.Phi3Config(**common, pad_token_id=1)  # fused qkv and gate_up
     raise AssertionError(family)
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3", "mistral"])
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "mistral", "phi3"])
 def family(request, tiny_llama_dir, tmp_path_factory):
     """(source folder, bundle) of a tiny random model of the family, with the tiny Llama's tokenizer."""
     import torch
