@@ -230,5 +230,13 @@ def llm_info(hf_model, limits: dict[str, int], tokenizer) -> LLMInfo:
     return LLMInfo(
         num_layers=config.num_hidden_layers, num_heads=wrapper.heads, num_kv_heads=wrapper.kv_heads,
         head_dim=wrapper.head_dim, vocab_size=config.vocab_size, eos_token_ids=eos_ids, bos_token_id=bos,
-        add_bos=add_bos, **limits,
+        add_bos=add_bos, rope_scaling=rope_scaling(config), **limits,
     )
+
+
+def rope_scaling(config) -> dict | None:
+    """The rope scaling a config asks for, as recorded in the manifest (None: plain rope)."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) == "default":
+        return None
+    return {k: v for k, v in rope.items() if isinstance(v, int | float | str) and k != "rope_theta"}

@@ -97,6 +97,8 @@ class LLMInfo(BaseModel):
     eos_token_ids: list[int] = Field(default_factory=list)
     bos_token_id: int | None = None
     add_bos: bool = False
+    rope_scaling: dict[str, float | int | str] | None = Field(
+        None, description="the checkpoint's rope scaling (linear, llama3, yarn), applied in the plan's rotary tables")
 
     @property
     def kv_bytes_per_token(self) -> int:

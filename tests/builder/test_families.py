@@ -26,12 +26,18 @@ def config(family: str):
         return transformers.Qwen3Config(**common, head_dim=16)  # q/k norm
     if family == "mistral":
         return transformers.MistralConfig(**common, sliding_window=None)
+    if family == "llama-linear-rope":  # static rope scaling: in the HF rotary module the plan runs
+        return transformers.LlamaConfig(**common, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    if family == "llama3-rope":
+        return transformers.LlamaConfig(**common, rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                                                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                                "original_max_position_embeddings": 64})
     if family == "phi3":
         return transformers.Phi3Config(**common, pad_token_id=1)  # fused qkv and gate_up
     raise AssertionError(family)
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3", "mistral", "phi3"])
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "mistral", "phi3", "llama-linear-rope", "llama3-rope"])
 def family(request, tiny_llama_dir, tmp_path_factory):
     """(source folder, bundle) of a tiny random model of the family, with the tiny Llama's tokenizer."""
     import torch
@@ -67,7 +73,11 @@ def test_greedy_tokens_equal_transformers_alone_and_batched(family):
     ref = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
     with LLM(bundle, kv_cache_memory="16MiB") as llm:
-        assert llm.engine.runner.info.num_kv_heads == 2
+        info = llm.engine.runner.info
+        assert info.num_kv_heads == 2
+        scaling = ref.config.rope_parameters if "rope" in folder.name else None
+        assert info.rope_scaling == (None if scaling is None else
+                                     {k: v for k, v in scaling.items() if k != "rope_theta"})  # recorded
         batched = llm.generate(PROMPTS, params)
         for prompt, out in zip(PROMPTS, batched, strict=True):
             want = hf_greedy(ref, list(out.prompt_token_ids))
