@@ -67,7 +67,7 @@ def format_bytes(n: float) -> str:
         return f"{int(n)} B"
     for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024
-        if n < 1024 or unit == "TiB":
+        if round(n, 1) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}"
     raise AssertionError("unreachable")
 
