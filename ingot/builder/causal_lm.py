@@ -29,11 +29,11 @@ def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName
         return None
     from ingot.builder.paged import SUPPORTED
 
-    arch = (hf.config.architectures or [type(hf).__name__])[0]
-    if arch not in SUPPORTED or _missing_in(hf):
+    arch, missing = _arch(hf), _missing_in(hf)
+    if arch not in SUPPORTED or missing:
         if cfg.layout == "paged":
             raise BuildError(f"--layout paged supports {', '.join(sorted(SUPPORTED))} with full rotary and no "
-                             f"rope scaling; {arch} {_missing_in(hf) or 'is not one yet'}")
+                             f"rope scaling; {arch} {missing or 'is not one yet'}")
         return None
     gpu = [t.name for t in targets if t.device == "cuda"]
     if gpu:
@@ -52,16 +52,21 @@ MISSING = {
 }
 
 
+def _arch(hf) -> str:
+    return (hf.config.architectures or [type(hf).__name__])[0]
+
+
 def _missing_in(hf) -> str | None:
     """What a model of a paged family uses that paged plans do not apply yet. Static rope scaling
     (linear, llama3, yarn) is in the Hugging Face rotary module the plan runs; scaling that
     changes with the sequence length, and rotary over part of a head, are not."""
+    from ingot.builder.paged import rope_parameters, rope_type
+
     config = hf.config
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    rope = rope if isinstance(rope, dict) else {}
-    if float(rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0) or 1.0)) != 1.0:
+    partial = rope_parameters(config).get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
+    if float(partial or 1.0) != 1.0:
         return "needs rotary embeddings over part of each head"
-    kind = rope.get("rope_type", rope.get("type", "default"))
+    kind = rope_type(config)
     if kind in ("dynamic", "longrope"):
         return f"needs {kind} rope scaling (it changes with the sequence length)"
     return None
@@ -79,7 +84,7 @@ def unpaged_note(loaded: LoadedModel, cfg: BuildConfig) -> str | None:
     paged = ", ".join(sorted(a.removesuffix("ForCausalLM") for a in SUPPORTED))
     if hf is None:
         return f"no LLM plan: a paged plan needs a Hugging Face causal LM ({paged}); built a dense plan: {what}"
-    arch = (hf.config.architectures or [type(hf).__name__])[0]
+    arch = _arch(hf)
     if arch in SUPPORTED:
         missing = _missing_in(hf)
         return None if missing is None else \

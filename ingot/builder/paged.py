@@ -234,9 +234,19 @@ def llm_info(hf_model, limits: dict[str, int], tokenizer) -> LLMInfo:
     )
 
 
+def rope_parameters(config) -> dict:
+    """A config's rope settings (transformers' `rope_parameters`, older `rope_scaling`), {} if none."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return rope if isinstance(rope, dict) else {}
+
+
+def rope_type(config) -> str:
+    rope = rope_parameters(config)
+    return rope.get("rope_type", rope.get("type", "default"))
+
+
 def rope_scaling(config) -> dict | None:
     """The rope scaling a config asks for, as recorded in the manifest (None: plain rope)."""
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) == "default":
+    if rope_type(config) == "default":
         return None
-    return {k: v for k, v in rope.items() if isinstance(v, int | float | str) and k != "rope_theta"}
+    return {k: v for k, v in rope_parameters(config).items() if isinstance(v, int | float | str) and k != "rope_theta"}

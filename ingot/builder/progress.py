@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-# (what, done, total): e.g. ("calibration sample", 3, 32); loops that take a while call it
-Count = Callable[[str, int, int], None]
+# Count: (what, done, total), e.g. ("calibration sample", 3, 32); loops that take a while call it
+from ingot.quant.report import Progress as Count
+from ingot.quant.report import silent as no_count
+
+__all__ = ["Count", "Stage", "StageReport", "no_count", "no_progress"]
 
 
 class StageReport(Protocol):
@@ -38,6 +41,3 @@ class _Silent:
 def no_progress(_: str) -> Iterator[StageReport]:
     yield _Silent()
 
-
-def no_count(what: str, done: int, total: int) -> None:
-    pass

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ingot.cli.errors import UsageError
 from ingot.runtime.errors import InputError
-from ingot.runtime.llm.kv_cache import parse_memory  # noqa: F401  (the CLI's --kv-cache-memory)
+from ingot.runtime.llm.kv_cache import memory_for_requests, parse_memory  # noqa: F401  (parse_memory: the CLI's --kv-cache-memory)
 
 OPTION_NAMES = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_p": "--top-p",
                 "top_k": "--top-k", "seed": "--seed", "stop": "--stop"}
@@ -88,22 +88,6 @@ def check_prompt_lengths(manifest, lengths: list[int]) -> None:
 CHAT_MARGIN = 32  # tokens a chat template adds around a message, for sizing the KV cache only
 
 
-def kv_memory_for(manifest, lengths: list[int], max_tokens: int) -> int | None:
-    """The default KV cache of `ingot run`: the blocks these prompts and their outputs need, at
-    least one max_model_len sequence; None (the runtime's default) when that is no smaller."""
-    from ingot.plans.llm import blocks_needed
-    from ingot.runtime.llm.kv_cache import DEFAULT_FRACTION, available_memory
-
-    info = manifest.llm
-    block = info.kv_block_size
-    blocks = sum(blocks_needed(min(n + max_tokens, info.max_model_len), block) for n in lengths)
-    blocks = max(blocks, blocks_needed(info.max_model_len, block))
-    if blocks >= info.max_num_seqs * blocks_needed(info.max_model_len, block):
-        return None
-    nbytes = blocks * info.kv_bytes_per_block
-    return None if nbytes > available_memory() * DEFAULT_FRACTION else nbytes
-
-
 def _a(word: str) -> str:
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
@@ -115,9 +99,9 @@ def generate(bundle: Path, prompts: list[str], params, *, chat: bool, stream: bo
     lengths = prompt_lengths(bundle, manifest, prompts)
     if lengths is not None and not chat:  # a chat template adds tokens: the engine checks those prompts
         check_prompt_lengths(manifest, lengths)
-    if kv_cache_memory is None and lengths is not None:
+    if kv_cache_memory is None and lengths is not None:  # what these requests need
         margin = CHAT_MARGIN if chat else 0
-        kv_cache_memory = kv_memory_for(manifest, [n + margin for n in lengths], params.max_tokens)
+        kv_cache_memory = memory_for_requests(manifest.llm, [n + margin + params.max_tokens for n in lengths])
     if stream:
         import asyncio
 

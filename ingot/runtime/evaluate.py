@@ -47,6 +47,7 @@ def feeds_for(ids: np.ndarray, input_names: list[str]) -> dict[str, np.ndarray]:
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
+    """(..., vocab) logits → float64 log-probabilities (perplexity, and the sampler's logprobs)."""
     x = x.astype(np.float64)
     x = x - x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))

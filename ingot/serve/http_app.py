@@ -346,7 +346,7 @@ def _start(served: LLMServed, prompt: str, ids: list[int] | None, body) -> list:
     try:
         for i in range(body.n):
             p = params if params.seed is None or i == 0 else params.model_copy(update={"seed": params.seed + i})
-            gens.append(served.generate(prompt if ids is None else ids, p, prompt_token_ids=ids))
+            gens.append(served.generate(prompt or ids, p, prompt_token_ids=ids))  # the text, if any, and its ids
     except BaseException:
         for g in gens:
             g._end(ok=False)
@@ -368,7 +368,9 @@ def _max_tokens(served: LLMServed, prompt_tokens: int, body) -> int:
         raise PromptTooLongError(f"This model's maximum context length (max_model_len) is {limit} tokens. However, you requested "
                                  f"{prompt_tokens + given} tokens ({prompt_tokens} in the prompt, {given} in the "
                                  f"completion). Please reduce the length of the prompt or completion.")
-    return given if given is not None else min(room, room if chat else 16)
+    if given is not None:
+        return given
+    return room if chat else min(room, 16)
 
 
 async def _collect(gens: list) -> list:

@@ -8,7 +8,10 @@
       minilm/1/...
 
 Version folders are positive integers (Triton ignores names starting with 0, and so do we).
-A single bundle is served as a repository of one model, version 1, named after its folder.
+A single bundle is served as a repository of one model, version 1, named after its folder (or
+`--model-name`). So is a folder whose only entry is a bundle: what KServe's storage initializer
+leaves in /mnt/models when the storage URI is an archive of a bundle folder (`smol.tar.gz` →
+/mnt/models/smol/manifest.json).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Repository:
         path = Path(path)
         if not path.is_dir():
             raise ServeError(f"{path}: not a folder (a model repository or a bundle)")
+        path = _only_bundle(path)
         self.path = path
         self.single = (path / "manifest.json").is_file()  # one bundle, served as a repository of one
         self.single_name = model_name or path.resolve().name
@@ -64,3 +68,13 @@ class Repository:
             raise NotFound(f"unknown model {name!r} in repository {self.path}; models: {', '.join(self.names()) or 'none'}")
         versions = {int(p.name): p for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name)}
         return ModelEntry(name, versions, read_config(folder))
+
+
+def _only_bundle(path: Path) -> Path:
+    """`path`, or the bundle folder that is its only visible entry (an unpacked archive)."""
+    if (path / "manifest.json").is_file():
+        return path
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and (entries[0] / "manifest.json").is_file():
+        return entries[0]
+    return path

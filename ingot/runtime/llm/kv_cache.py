@@ -41,11 +41,10 @@ def num_blocks_for(info: LLMInfo, kv_cache_memory: int | float | str | None) -> 
     if isinstance(kv_cache_memory, str):
         kv_cache_memory = parse_memory(kv_cache_memory, "kv_cache_memory")
     per_block = info.kv_bytes_per_block
-    minimum = blocks_needed(info.max_model_len, info.kv_block_size)  # one max_model_len sequence
-    need = info.max_num_seqs * minimum
+    minimum = _one_sequence(info)
     available = available_memory()
     if kv_cache_memory is None:
-        blocks = min(need, int(available * DEFAULT_FRACTION) // per_block)
+        blocks = _default_blocks(info, available)
     elif 0 < kv_cache_memory <= 1 and isinstance(kv_cache_memory, float):
         blocks = int(available * kv_cache_memory) // per_block
     else:
@@ -59,6 +58,24 @@ def num_blocks_for(info: LLMInfo, kv_cache_memory: int | float | str | None) -> 
         raise RunError(f"--kv-cache-memory {format_bytes(blocks * per_block)} is more than the "
                        f"{format_bytes(available)} of memory available now; give less (e.g. 0.5 for half of it)")
     return blocks
+
+
+def memory_for_requests(info: LLMInfo, tokens: list[int]) -> int | None:
+    """Bytes of the blocks requests of `tokens` (prompt + output, each) need, at least one
+    max_model_len sequence (`ingot run`'s default, which knows its requests); None when that is
+    no less than the default pool."""
+    blocks = sum(blocks_needed(min(n, info.max_model_len), info.kv_block_size) for n in tokens)
+    blocks = max(blocks, _one_sequence(info))
+    return None if blocks >= _default_blocks(info, available_memory()) else blocks * info.kv_bytes_per_block
+
+
+def _one_sequence(info: LLMInfo) -> int:
+    return blocks_needed(info.max_model_len, info.kv_block_size)
+
+
+def _default_blocks(info: LLMInfo, available: int) -> int:
+    """What max_num_seqs full-length sequences need, capped at DEFAULT_FRACTION of `available`."""
+    return min(info.max_num_seqs * _one_sequence(info), int(available * DEFAULT_FRACTION) // info.kv_bytes_per_block)
 
 
 def format_bytes(n: float) -> str:

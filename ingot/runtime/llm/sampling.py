@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ingot.runtime.evaluate import log_softmax
+
 # Below this temperature a request is greedy: dividing logits by ~0 would overflow.
 GREEDY_EPS = 1e-5
 # Most alternatives a request may ask logprobs for (OpenAI's top_logprobs limit, vLLM's max_logprobs).
@@ -107,13 +109,6 @@ class SampleLogprobs:
     logprob: float
     top_ids: tuple[int, ...]
     top_logprobs: tuple[float, ...]
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """(rows, vocab) logits → float64 log-probabilities."""
-    x = logits.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 def sample_rows(logits: np.ndarray, params: Sequence[SamplingParams], draws: np.ndarray) -> np.ndarray:
