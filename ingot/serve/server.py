@@ -138,8 +138,10 @@ def _http_server(manager, state, explicit: bool, options: ServeOptions):
         def capture_signals(self):
             yield
 
+    # h11 whether or not httptools is installed (uvicorn[standard], which the `ray` extra brings, has it):
+    # the same HTTP stack with and without the extra
     config = uvicorn.Config(create_app(manager, state, explicit), host=options.host, port=options.http_port,
-                            log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+                            log_level="warning", lifespan="off", timeout_graceful_shutdown=1, http="h11")
     return Server(config)
 
 

@@ -87,7 +87,7 @@ def dockerfile() -> dict[str, str]:
 
 def test_dockerfile_runs_ingot_serve_as_a_non_root_user():
     d = dockerfile()
-    assert json.loads(d["ENTRYPOINT"])[:3] == ["ingot", "serve", "/mnt/models"]
+    assert json.loads(d["ENTRYPOINT"]) == ["ingot", "serve", "/mnt/models", "--host", "0.0.0.0"]  # the pod's network
     assert d["USER"].split(":")[0] not in ("0", "root") and d["USER"].split(":")[0].isdigit()
     assert set(d["EXPOSE"].split()) == {"8000", "8001", "8002"}
     assert "/v2/health/ready" in d["HEALTHCHECK"]
@@ -119,6 +119,7 @@ def test_the_image_command_serves_mnt_models(mnt_models):
     runtime, isvc = yaml.safe_load(RUNTIME.read_text()), yaml.safe_load(ISVC.read_text())
     name = isvc["metadata"]["name"]
     args = [a.replace("{{.Name}}", name) for a in runtime["spec"]["containers"][0]["args"]]
+    assert args[0].split("=")[0] == "--model-name"  # KServe names the model after the InferenceService
     args += [a for a in isvc["spec"]["predictor"]["model"]["args"] if not a.startswith("--kv-cache-memory")]
     command = [str(mnt_models) if a == "/mnt/models" else a for a in entrypoint[1:]] + args
     # any free ports (the image's are 8000-8002); a small KV cache and one thread for the test machine
