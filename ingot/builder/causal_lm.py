@@ -24,36 +24,22 @@ def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName
     hf = getattr(loaded.module, "model", None) if loaded.kind == "causal-lm" else None
     if cfg.layout == "dense" or hf is None:
         if cfg.layout == "paged":
-            raise BuildError(f"--layout paged needs a Hugging Face causal LM (Llama, Qwen2, Qwen3, Mistral, Phi-3); "
+            raise BuildError(f"--layout paged needs a Hugging Face causal LM (Llama, Mistral, Qwen2/3, Phi-3, Gemma 1/2/3); "
                              f"{loaded.source.name} is {loaded.kind}")
         return None
-    from ingot.builder.paged import SUPPORTED
+    from ingot.builder.families import FAMILIES, architecture
 
-    arch, missing = _arch(hf), _missing_in(hf)
-    if arch not in SUPPORTED or missing:
+    arch, missing = architecture(hf), _missing_in(hf)
+    if arch not in FAMILIES or missing:
         if cfg.layout == "paged":
-            raise BuildError(f"--layout paged supports {', '.join(sorted(SUPPORTED))} with full rotary and no "
-                             f"rope scaling; {arch} {missing or 'is not one yet'}")
+            raise BuildError(f"--layout paged supports {', '.join(sorted(FAMILIES))} with rotary over whole heads "
+                             f"and static rope scaling; {arch} {missing or 'is not one yet'}")
         return None
     gpu = [t.name for t in targets if t.device == "cuda"]
     if gpu:
         raise BuildError(f"paged LLM plans run on cpu targets only for now (the TensorRT paged-KV plugin is not "
                          f"implemented): drop --target {gpu[0]}, or pass --layout dense")
     return hf
-
-
-# What each family needs that paged plans do not have yet (paged: paged.SUPPORTED)
-MISSING = {
-    "Qwen3MoeForCausalLM": "q/k norm and mixture-of-experts layers",
-    "Gemma2ForCausalLM": "sliding-window layers, attention logit soft-capping, GeGLU and scaled embeddings",
-    "Gemma3ForCausalLM": "sliding-window layers, q/k norm, GeGLU and scaled embeddings",
-    "Gemma3ForConditionalGeneration": "sliding-window layers, q/k norm, GeGLU and scaled embeddings",
-    "GemmaForCausalLM": "GeGLU and scaled embeddings",
-}
-
-
-def _arch(hf) -> str:
-    return (hf.config.architectures or [type(hf).__name__])[0]
 
 
 def _missing_in(hf) -> str | None:
@@ -63,6 +49,8 @@ def _missing_in(hf) -> str | None:
     from ingot.builder.paged import rope_parameters, rope_type
 
     config = hf.config
+    if getattr(config, "use_bidirectional_attention", False):
+        return "attends both ways (an embedding model, not a generator)"
     partial = rope_parameters(config).get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
     if float(partial or 1.0) != 1.0:
         return "needs rotary embeddings over part of each head"
@@ -75,17 +63,17 @@ def _missing_in(hf) -> str | None:
 def unpaged_note(loaded: LoadedModel, cfg: BuildConfig) -> str | None:
     """Why a causal LM gets a dense plan only, for the build's output and the manifest's notes
     (None: not a causal LM, paged, a paged bundle as the source, or --layout dense asked for)."""
-    from ingot.builder.paged import SUPPORTED
+    from ingot.builder.families import FAMILIES, MISSING, architecture
 
     if loaded.kind != "causal-lm" or cfg.layout == "dense" or loaded.llm is not None:
         return None
     hf = getattr(loaded.module, "model", None)
     what = "generation (`ingot run --prompt`, completions in `ingot serve`) refuses it; --text, --input and `ingot eval` run it"
-    paged = ", ".join(sorted(a.removesuffix("ForCausalLM") for a in SUPPORTED))
+    paged = ", ".join(sorted(a.removesuffix("ForCausalLM") for a in FAMILIES))
     if hf is None:
         return f"no LLM plan: a paged plan needs a Hugging Face causal LM ({paged}); built a dense plan: {what}"
-    arch = _arch(hf)
-    if arch in SUPPORTED:
+    arch = architecture(hf)
+    if arch in FAMILIES:
         missing = _missing_in(hf)
         return None if missing is None else \
             f"no LLM plan: this {arch} {missing}, which paged plans do not apply yet; built a dense plan: {what}"

@@ -68,8 +68,10 @@ def load_gguf(path: Path) -> LoadedModel:
 
 
 def _kind(config) -> str:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     arch = (config.architectures or [""])[0]
-    if arch.endswith("ForCausalLM"):
+    if arch.endswith("ForCausalLM") or arch in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):  # GPT2LMHeadModel
         return "causal-lm"
     if arch.endswith(("ForSequenceClassification", "ForImageClassification")):
         return "classifier"

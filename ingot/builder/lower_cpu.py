@@ -70,7 +70,8 @@ def _lower(edit: GraphEditor, node: onnx.NodeProto, layer: int) -> list[onnx.Nod
     q, k, v = (op("Reshape", [x, names.ATTN_QUERY_SHAPE], f"{tag}_seqs") for x, tag in ((query, "q"), (key, "k"), (value, "v")))
     out = op("GroupQueryAttention", [q, k, v, names.window(layer, "key"), names.window(layer, "value"),
                                      names.ATTN_SEQLENS_K, names.ATTN_TOTAL_LEN],
-             "context", domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, scale=scale)
+             "context", domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, scale=scale,
+             **_window_and_softcap(attrs))
     built[-1].output.extend([names.window_present(layer, "key"), names.window_present(layer, "value")])
     rows_shape = edit.add_initializer(p + "rows_shape", np.array([-1, heads, head_dim], np.int64))
     built.append(helper.make_node("Reshape", [out, rows_shape], [node.output[0]], name=p + "rows"))
@@ -80,6 +81,18 @@ def _lower(edit: GraphEditor, node: onnx.NodeProto, layer: int) -> list[onnx.Nod
         built.append(helper.make_node("Identity", [source], [target], name=p + target))
         edit.add_output(helper.make_tensor_value_info(target, TensorProto.FLOAT, ["num_tokens", kv_heads, head_dim]))
     return built
+
+
+def _window_and_softcap(attrs: dict) -> dict:
+    """GroupQueryAttention's local_window_size and softcap: the contract's attributes. (Checked on
+    ONNX Runtime 1.32: a query at q attends keys k > q - local_window_size, as transformers'
+    sliding window does.)"""
+    out = {}
+    if attrs.get("sliding_window"):
+        out["local_window_size"] = attrs["sliding_window"]
+    if attrs.get("softcap"):
+        out["softcap"] = attrs["softcap"]
+    return out
 
 
 def _swap_inputs(edit: GraphEditor) -> None:

@@ -15,8 +15,13 @@ sequence's context (past from the cache, causal over its new tokens). Targets lo
 ingot.builder.lower_cpu for ONNX Runtime; a TensorRT plugin later.
 
 Only the attention is replaced: embeddings, norms, projections, rotary embedding and MLP are
-the Hugging Face modules themselves, so Llama, Qwen2, Qwen3 (q/k norm), Mistral and Phi-3 (fused qkv) share this wrapper and the
-exported node names (model.layers.0.mlp.up_proj/MatMul) are those quantization matches.
+the Hugging Face modules themselves, so every family of ingot.builder.families shares this wrapper
+(what differs from Llama is a small table there), and the exported node names
+(model.layers.0.mlp.up_proj/MatMul) are those quantization matches.
+
+Each node carries its layer's attention: `scale`, `sliding_window` (a query attends the last
+sliding_window tokens, itself included; 0: the whole context) and `softcap` (tanh soft-capping of
+the logits; 0: none). Tokens before a sliding layer's window are never read.
 """
 
 from __future__ import annotations
@@ -32,14 +37,13 @@ if TYPE_CHECKING:
 
 from ingot.plans.llm import DOMAIN, OP_TYPE  # noqa: E402
 METADATA = ("slot_mapping", "block_tables", "context_lens", "query_start_loc")
-SUPPORTED = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM"}
 
 
 @torch.library.custom_op("ingot::paged_attention", mutates_args=())
 def paged_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
     slot_mapping: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor, query_start_loc: torch.Tensor,
-    num_heads: int, num_kv_heads: int, scale: float,
+    num_heads: int, num_kv_heads: int, scale: float, sliding_window: int = 0, softcap: float = 0.0,
 ) -> torch.Tensor:
     """Reference semantics (eager, one sequence at a time): the new tokens of sequence b are
     rows query_start_loc[b]:query_start_loc[b+1]; its context is context_lens[b] tokens, the
@@ -57,21 +61,26 @@ def paged_attention(
         k = torch.cat([flat_k[slots], key[start:stop]]).repeat_interleave(heads // kv_heads, dim=1)
         v = torch.cat([flat_v[slots], value[start:stop]]).repeat_interleave(heads // kv_heads, dim=1)
         scores = torch.einsum("qhd,khd->hqk", query[start:stop], k) * scale
-        causal = torch.arange(k.shape[0])[None, :] > (past + torch.arange(stop - start))[:, None]
-        probs = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        kv_pos, q_pos = torch.arange(k.shape[0])[None, :], (past + torch.arange(stop - start))[:, None]
+        hidden = kv_pos > q_pos
+        if sliding_window:
+            hidden |= kv_pos <= q_pos - sliding_window
+        probs = scores.masked_fill(hidden, float("-inf")).softmax(-1)
         out[start:stop] = torch.einsum("hqk,khd->qhd", probs, v)
     return out
 
 
 @paged_attention.register_fake
 def _(query, key, value, key_cache, value_cache, slot_mapping, block_tables, context_lens, query_start_loc,
-      num_heads, num_kv_heads, scale):
+      num_heads, num_kv_heads, scale, sliding_window=0, softcap=0.0):
     return torch.empty_like(query)
 
 
 def paged_attention_onnx(
     query, key, value, key_cache, value_cache, slot_mapping, block_tables, context_lens, query_start_loc,
-    num_heads: int, num_kv_heads: int, scale: float,
+    num_heads: int, num_kv_heads: int, scale: float, sliding_window: int = 0, softcap: float = 0.0,
 ):
     """The exporter's translation: one node in the `ingot` domain."""
     from onnxscript.values import Opset
@@ -79,7 +88,7 @@ def paged_attention_onnx(
     register_schema()
     return Opset(DOMAIN, 1).PagedAttention(
         query, key, value, key_cache, value_cache, slot_mapping, block_tables, context_lens, query_start_loc,
-        num_heads=num_heads, num_kv_heads=num_kv_heads, scale=scale,
+        num_heads=num_heads, num_kv_heads=num_kv_heads, scale=scale, sliding_window=sliding_window, softcap=softcap,
     )
 
 
@@ -102,46 +111,71 @@ def register_schema() -> None:
             OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "query heads"),
             OpSchema.Attribute("num_kv_heads", OpSchema.AttrType.INT, "key/value heads (grouped-query attention)"),
             OpSchema.Attribute("scale", OpSchema.AttrType.FLOAT, "softmax scale"),
+            OpSchema.Attribute("sliding_window", OpSchema.AttrType.INT,
+                               "tokens a query attends, itself included (0: the whole context)", required=False),
+            OpSchema.Attribute("softcap", OpSchema.AttrType.FLOAT,
+                               "tanh soft-capping of the attention logits (0: none)", required=False),
         ],
     ))
 
 
 class PagedCausalLM(torch.nn.Module):
-    """A Hugging Face Llama-family model driven as a packed batch over a paged KV cache."""
+    """A Hugging Face causal LM of a paged family driven as a packed batch over a paged KV cache."""
 
     def __init__(self, model):
+        from ingot.builder.families import family, final_softcap, layer_attention
+
         super().__init__()
         self.model = model  # the *ForCausalLM: .model.{embed_tokens, layers, norm, rotary_emb}, .lm_head
         config = model.config
+        self.family = family(model)
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.scale = self.head_dim**-0.5
+        self.attention = [layer_attention(model, i) for i in range(config.num_hidden_layers)]
+        self.final_softcap = final_softcap(model)
 
     def forward(self, input_ids, positions, logits_indices, slot_mapping, block_tables, context_lens,
                 query_start_loc, key_caches: list[torch.Tensor], value_caches: list[torch.Tensor]):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        inner = self.model.model
+        inner, family = self.model.model, self.family
         hidden = inner.embed_tokens(input_ids)[None]  # (1, T, hidden): HF modules expect a batch dim
-        cos, sin = inner.rotary_emb(hidden, positions[None])
+        rotary = self._rotary(hidden, positions)
         metadata = (slot_mapping, block_tables, context_lens, query_start_loc)
-        for layer, key_cache, value_cache in zip(inner.layers, key_caches, value_caches, strict=True):
+        for layer, key_cache, value_cache, (cos, sin), spec in zip(inner.layers, key_caches, value_caches, rotary,
+                                                                    self.attention, strict=True):
             attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q, k, v = self._qkv(attn, x)
-            if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's q and k, before rotary
+            q, k, v = self._qkv(attn, layer.input_layernorm(hidden))
+            if family.qk_norm:  # RMSNorm over each head's q and k, before rotary
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
             y = torch.ops.ingot.paged_attention(q[0], k[0], v[0], key_cache, value_cache, *metadata, self.heads,
-                                                self.kv_heads, self.scale)
-            hidden = hidden + attn.o_proj(y.reshape(1, -1, self.heads * self.head_dim))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.model.lm_head(inner.norm(hidden[:, logits_indices]))[0]  # batch dim kept: a MatMul, as in HF
+                                                self.kv_heads, spec.scale, spec.sliding_window, spec.softcap)
+            y = attn.o_proj(y.reshape(1, -1, self.heads * self.head_dim))
+            if family.sandwich_norms:
+                hidden = hidden + layer.post_attention_layernorm(y)
+                hidden = hidden + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(hidden)))
+            else:
+                hidden = hidden + y
+                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        logits = self.model.lm_head(inner.norm(hidden[:, logits_indices]))[0]  # batch dim kept: a MatMul, as in HF
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+    def _rotary(self, hidden, positions) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(cos, sin) per layer: one table for all, or one per layer type (Gemma 3's local and global bases)."""
+        inner = self.model.model
+        if not self.family.rope_per_layer_type:
+            return [inner.rotary_emb(hidden, positions[None])] * len(inner.layers)
+        types = inner.config.layer_types
+        tables = {t: inner.rotary_emb(hidden, positions[None], t) for t in sorted(set(types))}
+        return [tables[t] for t in types]
 
     def _qkv(self, attn, x):
         """(1, T, heads, dim) q and (1, T, kv_heads, dim) k, v: three projections, or Phi-3's fused one."""
-        if hasattr(attn, "qkv_proj"):
+        if self.family.fused_qkv:
             q, k, v = attn.qkv_proj(x).split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                                               self.kv_heads * self.head_dim], dim=-1)
         else:
@@ -227,16 +261,21 @@ def llm_info(hf_model, limits: dict[str, int], tokenizer) -> LLMInfo:
     eos_ids = sorted({eos} if isinstance(eos, int) else set(eos or []))
     bos = getattr(tokenizer, "bos_token_id", None)
     add_bos = bool(tokenizer is not None and bos is not None and tokenizer("a").input_ids[:1] == [bos])
+    windows = {a.sliding_window for a in wrapper.attention} - {0}
+    assert len(windows) <= 1, f"layers with different sliding windows: {sorted(windows)}"
     return LLMInfo(
         num_layers=config.num_hidden_layers, num_heads=wrapper.heads, num_kv_heads=wrapper.kv_heads,
         head_dim=wrapper.head_dim, vocab_size=config.vocab_size, eos_token_ids=eos_ids, bos_token_id=bos,
-        add_bos=add_bos, rope_scaling=rope_scaling(config), **limits,
+        add_bos=add_bos, rope_scaling=rope_scaling(config), sliding_window=next(iter(windows), None),
+        sliding_layers=[i for i, a in enumerate(wrapper.attention) if a.sliding_window], **limits,
     )
 
 
 def rope_parameters(config) -> dict:
     """A config's rope settings (transformers' `rope_parameters`, older `rope_scaling`), {} if none."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
+        rope = rope["full_attention"]  # Gemma 3: per layer type; a checkpoint's scaling goes to the full layers
     return rope if isinstance(rope, dict) else {}
 
 

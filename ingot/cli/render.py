@@ -55,6 +55,9 @@ def llm_limits(llm) -> list[str]:
         f"max_num_tokens {llm.max_num_tokens} a step",
         f"  KV cache: blocks of {llm.kv_block_size} tokens, {_bytes(llm.kv_bytes_per_token)} per token "
         f"({llm.kv_dtype}, {llm.num_layers} layers x {llm.num_kv_heads} kv heads x {llm.head_dim})",
+        *([f"  sliding window: {len(llm.sliding_layers)} of {llm.num_layers} layers attend the last "
+           f"{llm.sliding_window} tokens"] if llm.sliding_window else []),
+        *([f"  rope scaling: {llm.rope_scaling}"] if llm.rope_scaling else []),
     ]
 
 

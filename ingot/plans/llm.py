@@ -99,6 +99,14 @@ class LLMInfo(BaseModel):
     add_bos: bool = False
     rope_scaling: dict[str, float | int | str] | None = Field(
         None, description="the checkpoint's rope scaling (linear, llama3, yarn), applied in the plan's rotary tables")
+    sliding_window: int | None = Field(
+        None, ge=1, description="tokens a sliding-window layer attends, the query included (Gemma 2/3, Mistral)")
+    sliding_layers: list[int] = Field(
+        default_factory=list, description="the layers that attend only the last sliding_window tokens")
+
+    def layer_window(self, layer: int) -> int | None:
+        """The tokens layer `layer` attends (None: the whole context)."""
+        return self.sliding_window if layer in self.sliding_layers else None
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -26,7 +26,7 @@ def test_contract_has_one_paged_attention_node_per_layer(contract, hf):
     nodes = [n for n in contract.graph.node if n.domain == names.DOMAIN]
     assert [n.op_type for n in nodes] == [names.OP_TYPE] * hf.config.num_hidden_layers
     attrs = {a.name for a in nodes[0].attribute}
-    assert attrs == {"num_heads", "num_kv_heads", "scale"}
+    assert attrs == {"num_heads", "num_kv_heads", "scale", "sliding_window", "softcap"}
     inputs = [i.name for i in contract.graph.input]
     assert inputs[:7] == ["input_ids", "positions", "logits_indices", "slot_mapping", "block_tables", "context_lens",
                           "query_start_loc"]

@@ -1,4 +1,4 @@
-"""A causal LM that Ingot cannot page yet builds a dense plan, and says so (issue 20, point 2)."""
+"""A causal LM that Ingot cannot page yet (GPT-2 here) builds a dense plan, and says so (issue 20, point 2)."""
 
 import json
 import shutil
@@ -6,16 +6,14 @@ import shutil
 from tests.conftest import ingot
 
 
-def tiny_gemma2(folder, tokenizer_dir):
-    """A tiny random Gemma 2 (sliding window, soft-capping: not paged yet) with the tiny Llama's tokenizer."""
+def tiny_gpt2(folder, tokenizer_dir):
+    """A tiny random GPT-2 (learned positions, fused c_attn: not paged) with the tiny Llama's tokenizer."""
     import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=16, vocab_size=320, max_position_embeddings=256,
-                       bos_token_id=0, eos_token_id=1, pad_token_id=1, sliding_window=32)
-    Gemma2ForCausalLM(cfg).eval().save_pretrained(folder)
+    cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=320, n_positions=256, bos_token_id=0, eos_token_id=1)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(folder)
     for f in tokenizer_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy(f, folder / f.name)
@@ -23,13 +21,13 @@ def tiny_gemma2(folder, tokenizer_dir):
 
 
 def test_unpaged_family_builds_dense_with_a_warning_naming_what_is_missing(tiny_llama_dir, tmp_path):
-    src = tiny_gemma2(tmp_path / "gemma2", tiny_llama_dir)
+    src = tiny_gpt2(tmp_path / "gpt2", tiny_llama_dir)
     out = tmp_path / "bundle"
     proc = ingot("build", src, "-o", out)
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: no LLM plan")]
     assert len(warning) == 1, proc.stderr
-    assert "Gemma2ForCausalLM needs sliding-window layers" in warning[0] and "ingot run --prompt" in warning[0]
+    assert "GPT2LMHeadModel needs learned absolute positions" in warning[0] and "ingot run --prompt" in warning[0]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["llm"] is None and manifest["notes"] == [warning[0].removeprefix("warning: ")]
     shown = ingot("inspect", out)

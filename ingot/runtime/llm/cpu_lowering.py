@@ -97,9 +97,10 @@ def plan_feeds(batch: PackedBatch) -> Arrays:
 # ---- windows
 
 
-def window_caches(info: LLMInfo) -> list[tuple[str, str]]:
-    """(window, cache) names per layer and k|v: each window is gathered from its cache."""
-    return [(names.window(layer, kv), cache) for layer in range(info.num_layers)
+def window_caches(info: LLMInfo) -> list[tuple[str, str, int | None]]:
+    """(window, cache, sliding window) per layer and k|v: each window is gathered from its cache;
+    a sliding layer's only from the first token its window reaches."""
+    return [(names.window(layer, kv), cache, info.layer_window(layer)) for layer in range(info.num_layers)
             for kv, cache in (("key", names.key_cache(layer)), ("value", names.value_cache(layer)))]
 
 
@@ -114,29 +115,33 @@ def window_feeds(batch: PackedBatch, info: LLMInfo, caches: Arrays | None) -> Ar
     """Fresh windows per layer and k|v, each sequence's past gathered from `caches` (name ->
     [kv, blocks, block, dim]; None when no sequence has a past): for a plain run of the plan."""
     pairs, shape = window_caches(info), window_shape(batch, info)
-    feeds = {window: np.zeros(shape, np.float32) for window, _ in pairs}
+    feeds = {window: np.zeros(shape, np.float32) for window, _, _ in pairs}
     fill_windows(feeds, caches, pairs, zip(range(shape[0]), batch.block_tables, batch.past_lens.tolist()))
     return feeds
 
 
-def fill_windows(windows: Arrays, caches: Arrays | None, pairs: list[tuple[str, str]],
+def fill_windows(windows: Arrays, caches: Arrays | None, pairs: list[tuple[str, str, int | None]],
                  seqs: Iterable[tuple[int, np.ndarray, int]]) -> None:
-    """For each (row, block table, past) of `seqs` and each (window, cache) of `pairs`: row `row`
-    of windows[window] gets that sequence's past from caches[cache]."""
+    """For each (row, block table, past) of `seqs` and each (window, cache, sliding window) of
+    `pairs`: row `row` of windows[window] gets that sequence's past from caches[cache], the part
+    a query at position `past` or later can attend."""
     for row, table, past in seqs:
         if past:
-            for window, cache in pairs:
-                gather_past(windows[window][row], caches[cache], table, past)
+            for window, cache, sliding in pairs:
+                first = 0 if sliding is None else max(past - sliding + 1, 0)
+                gather_past(windows[window][row], caches[cache], table, past, first)
 
 
-def gather_past(out: np.ndarray, cache: np.ndarray, table: np.ndarray, past: int) -> None:
+def gather_past(out: np.ndarray, cache: np.ndarray, table: np.ndarray, past: int, first: int = 0) -> None:
     """out[:, :past] [kv, W, dim] = the first `past` tokens held by `table`'s blocks of `cache`
     [kv, blocks, block, dim], a whole block of one head at a time (the last block's unused rows
-    land in the window too)."""
+    land in the window too). Blocks wholly before token `first` are not read: their rows keep
+    what they held (finite values: the kernel masks them, and 0 * inf would not be 0)."""
     kv, _, block, dim = cache.shape
-    used = blocks_needed(past, block)
+    start, used = first // block, blocks_needed(past, block)
     assert table[:used].max() < cache.shape[1], "block id out of the pool"  # mode clip would not say
-    np.take(cache, table[:used], axis=1, out=out[:, :used * block].reshape(kv, used, block, dim), mode="clip")
+    np.take(cache, table[start:used], axis=1, out=out[:, start * block:used * block].reshape(kv, used - start, block, dim),
+            mode="clip")
 
 
 class Windows:
@@ -155,10 +160,10 @@ class Windows:
                          for layer in range(info.num_layers) for kv in ("key", "value")}
         self.seq_ids: list[int] = []  # the sequence of each decode row
         self.filled: list[int] = []  # tokens each decode row holds
-        self.buffers = ReusedArrays([w for w, _ in self.names], growth=2)  # decode rows: views of their front
+        self.buffers = ReusedArrays([w for w, _, _ in self.names], growth=2)  # decode rows: views of their front
         self.rows: Arrays = {}  # name -> [rows, kv, width, dim]
         self._decode_views: dict[int, Arrays] = {}
-        self._prefill = ReusedArrays([w for w, _ in self.names])
+        self._prefill = ReusedArrays([w for w, _, _ in self.names])
 
     @property
     def bytes_max(self) -> int:
@@ -208,7 +213,7 @@ class Windows:
             last = len(self.seq_ids) - 1
             if r != last:
                 n = self.filled[last]
-                for name, _ in self.names:
+                for name, _, _ in self.names:
                     self.rows[name][r, :, :n] = self.rows[name][last, :, :n]
                 self.seq_ids[r], self.filled[r] = self.seq_ids[last], self.filled[last]
             self.seq_ids.pop()
@@ -231,7 +236,7 @@ class Windows:
         self.rows = self.buffers.get((rows, info.num_kv_heads, width, info.head_dim))
         if width != have[2] or self.buffers.flat is not before:  # wider, or in new arrays
             # last row first: in one buffer a row's new place never overlaps a lower row's old one
-            for name, _ in self.names:
+            for name, _, _ in self.names:
                 for r in reversed(range(len(self.filled))):
                     self.rows[name][r, :, :self.filled[r]] = old[name][r, :, :self.filled[r]]
         self._decode_views.clear()

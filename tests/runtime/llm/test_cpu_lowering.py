@@ -62,6 +62,22 @@ def test_cpu_attention_inputs_and_windows_gather_each_past_block():
     np.testing.assert_array_equal(windows[names.window(0, "value")][1, :, :2], -cache[:, 3, :2])
 
 
+def test_a_sliding_layer_never_reads_blocks_before_its_window():
+    # layer 0 attends the last 5 tokens, layer 1 the whole context; sequence 0 has 10 tokens past
+    b = pack([[7], [5]], past_lens=[10, 2], block_tables=[[1, 4, 6], [3, 8, 0]], block_size=4, logits_rows=[[0], [0]])
+    cache = np.arange(2 * 9 * 4 * 8, dtype=np.float32).reshape(2, 9, 4, 8)  # [kv, blocks, block, dim]
+    poisoned = cache.copy()
+    poisoned[:, 1] = np.nan  # tokens 0..3 of sequence 0: before the window of a query at 10 (it reaches 6..10)
+    caches = {names.key_cache(i): poisoned for i in (0, 1)} | {names.value_cache(i): poisoned for i in (0, 1)}
+    windows = window_feeds(b, info(num_layers=2, sliding_window=5, sliding_layers=[0]), caches)
+    sliding, full = windows[names.window(0, "key")][0], windows[names.window(1, "key")][0]
+    assert not np.isnan(sliding).any()  # never read, and the rows stay finite (the kernel masks them)
+    np.testing.assert_array_equal(sliding[:, 4:10], cache[:, [4, 6]].reshape(2, 8, 8)[:, :6])  # blocks 4, 6: tokens 4..9
+    assert np.isnan(full[:, :4]).all()  # the full layer reads the whole past
+    with pytest.raises(ValueError):
+        info(sliding_window=0)
+
+
 @pytest.mark.parametrize("seq_ids", [None, [7]], ids=["gathered", "resident"])
 def test_runner_decodes_through_the_cache_like_a_full_forward(llama_bundle, hf, seq_ids):
     """Without sequence ids each decode gathers its past from the pool; with them the decode
