@@ -109,7 +109,7 @@ class PrefixAwareRouter(PrefixCacheAffinityRouter):
     prompt (health, models, metadata) are routed by load alone."""
 
     def _extract_text_from_request(self, pending_request: PendingRequest) -> str | None:
-        # by attribute, as Ray's router reads it: Ray may hand the router a copy of HTTPCall's class
+        # by attribute, as Ray's own router reads requests (an isinstance check on HTTPCall did not match here)
         prompt = next((a.prompt for a in pending_request.args if hasattr(a, "prompt")), None)
         return prompt if isinstance(prompt, str) and prompt else None
 
