@@ -43,9 +43,10 @@ def paged_source(loaded: LoadedModel, cfg: BuildConfig, targets: list[TargetName
 
 
 def _missing_in(hf) -> str | None:
-    """What a model of a paged family uses that paged plans do not apply yet. Static rope scaling
-    (linear, llama3, yarn) is in the Hugging Face rotary module the plan runs; scaling that
-    changes with the sequence length, and rotary over part of a head, are not."""
+    """What a model of a paged family uses that paged plans do not apply yet. Rope scaling is in
+    the Hugging Face rotary module the plan runs (static: linear, llama3, yarn; dynamic NTK and
+    longrope below the positions where their tables change, see rope_positions); rotary over part
+    of a head, and a model that attends both ways, are not."""
     from ingot.builder.paged import rope_parameters, rope_type
 
     config = hf.config
@@ -54,9 +55,19 @@ def _missing_in(hf) -> str | None:
     partial = rope_parameters(config).get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0))
     if float(partial or 1.0) != 1.0:
         return "needs rotary embeddings over part of each head"
-    kind = rope_type(config)
-    if kind in ("dynamic", "longrope"):
-        return f"needs {kind} rope scaling (it changes with the sequence length)"
+    return None
+
+
+def rope_positions(config) -> int | None:
+    """The positions a plan may use where the rope scaling changes with the sequence length: past
+    them transformers switches its tables mid-sequence. Dynamic NTK scales only past the model's
+    max_position_embeddings (which limits every plan anyway); longrope switches to its long
+    factors past original_max_position_embeddings. None: no such limit."""
+    from ingot.builder.paged import rope_parameters, rope_type
+
+    if rope_type(config) == "longrope":
+        return int(rope_parameters(config).get("original_max_position_embeddings")
+                   or getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings)
     return None
 
 
@@ -84,9 +95,13 @@ def unpaged_note(loaded: LoadedModel, cfg: BuildConfig) -> str | None:
 
 def llm_limits(cfg: BuildConfig, hf_model) -> dict[str, int]:
     model_max = getattr(hf_model.config, "max_position_embeddings", None) or DEFAULT_MAX_MODEL_LEN
-    max_len = cfg.max_model_len or min(model_max, DEFAULT_MAX_MODEL_LEN)
+    rope_max = rope_positions(hf_model.config)
+    max_len = cfg.max_model_len or min(model_max, rope_max or model_max, DEFAULT_MAX_MODEL_LEN)
     if max_len > model_max:
         raise BuildError(f"--max-model-len {max_len}: the model has {model_max} positions")
+    if rope_max is not None and max_len > rope_max:
+        raise BuildError(f"--max-model-len {max_len}: past {rope_max} tokens this model's longrope scaling switches to "
+                         f"its long factors mid-sequence, which paged plans do not apply yet; pass at most {rope_max}")
     return {"max_model_len": max_len, "max_num_tokens": cfg.max_num_tokens, "max_num_seqs": cfg.max_num_seqs,
             "kv_block_size": cfg.kv_block_size}
 

@@ -26,6 +26,8 @@ the logits; 0: none). Tokens before a sliding layer's window are never read.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import TYPE_CHECKING
 
 import torch
@@ -167,10 +169,18 @@ class PagedCausalLM(torch.nn.Module):
     def _rotary(self, hidden, positions) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(cos, sin) per layer: one table for all, or one per layer type (Gemma 3's local and global bases)."""
         inner = self.model.model
+        rotary = inner.rotary_emb
+        if rope_type(inner.config) in ("dynamic", "longrope"):
+            # the module's forward without transformers' update of its tables, which depends on the
+            # batch's largest position: below the positions where the tables change, which bound
+            # max_model_len (causal_lm.rope_positions), they are the original ones
+            with torch.no_grad():
+                rotary.inv_freq.copy_(rotary.original_inv_freq)
+            rotary = functools.partial(inspect.unwrap(type(rotary).forward), rotary)
         if not self.family.rope_per_layer_type:
-            return [inner.rotary_emb(hidden, positions[None])] * len(inner.layers)
+            return [rotary(hidden, positions[None])] * len(inner.layers)
         types = inner.config.layer_types
-        tables = {t: inner.rotary_emb(hidden, positions[None], t) for t in sorted(set(types))}
+        tables = {t: rotary(hidden, positions[None], t) for t in sorted(set(types))}
         return [tables[t] for t in types]
 
     def _qkv(self, attn, x):

@@ -32,6 +32,12 @@ def config(family: str):
         return transformers.LlamaConfig(**common, rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                                 "original_max_position_embeddings": 64})
+    if family == "llama-dynamic-rope":  # dynamic NTK: unscaled below max_position_embeddings, which bounds the plan
+        return transformers.LlamaConfig(**common, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    if family == "phi3-longrope":  # short factors up to original_max_position_embeddings, where the plan stops
+        return transformers.Phi3Config(**common, pad_token_id=1, original_max_position_embeddings=64,
+                                       rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + i / 8 for i in range(8)],
+                                                     "long_factor": [2.0 + i for i in range(8)]})
     if family == "phi3":
         return transformers.Phi3Config(**common, pad_token_id=1)  # fused qkv and gate_up
     # Gemma: scaled embeddings, GeGLU, (1 + w) norms, norms around attention and MLP; prompts
@@ -49,8 +55,8 @@ def config(family: str):
     raise AssertionError(family)
 
 
-FAMILIES = ["qwen2", "qwen3", "mistral", "phi3", "llama-linear-rope", "llama3-rope", "gemma", "gemma2", "gemma3",
-            "mistral-window"]
+FAMILIES = ["qwen2", "qwen3", "mistral", "phi3", "llama-linear-rope", "llama3-rope", "llama-dynamic-rope",
+            "phi3-longrope", "gemma", "gemma2", "gemma3", "mistral-window"]
 WINDOWED = {"gemma2": dict(layer_types=["full_attention"] * 2), "gemma3": dict(layer_types=["full_attention"] * 2),
             "mistral-window": dict(sliding_window=None)}  # the same model without its sliding window
 
@@ -98,8 +104,10 @@ def test_greedy_tokens_equal_transformers_alone_and_batched(family):
         info = llm.engine.runner.info
         assert info.num_kv_heads == 2
         scaling = ref.config.rope_parameters if "rope" in name else None
-        assert info.rope_scaling == (None if scaling is None else
-                                     {k: v for k, v in scaling.items() if k != "rope_theta"})  # recorded
+        assert info.rope_scaling == (None if scaling is None else {  # recorded (the longrope factor lists are not)
+            k: v for k, v in scaling.items() if k != "rope_theta" and not isinstance(v, list)})
+        if name == "phi3-longrope":
+            assert info.max_model_len == 64  # its original_max_position_embeddings
         batched = llm.generate(PROMPTS, params)
         for prompt, out in zip(PROMPTS, batched, strict=True):
             want = hf_greedy(ref, list(out.prompt_token_ids))
