@@ -32,6 +32,9 @@ def config(family: str):
         return transformers.LlamaConfig(**common, rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                                                 "original_max_position_embeddings": 64})
+    if family == "qwen2-yarn-rope":  # YaRN: static, in the rotary module
+        return transformers.Qwen2Config(**common, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                                "original_max_position_embeddings": 64})
     if family == "llama-dynamic-rope":  # dynamic NTK: unscaled below max_position_embeddings, which bounds the plan
         return transformers.LlamaConfig(**common, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
     if family == "phi3-longrope":  # short factors up to original_max_position_embeddings, where the plan stops
@@ -55,8 +58,8 @@ def config(family: str):
     raise AssertionError(family)
 
 
-FAMILIES = ["qwen2", "qwen3", "mistral", "phi3", "llama-linear-rope", "llama3-rope", "llama-dynamic-rope",
-            "phi3-longrope", "gemma", "gemma2", "gemma3", "mistral-window"]
+FAMILIES = ["qwen2", "qwen3", "mistral", "phi3", "llama-linear-rope", "llama3-rope", "qwen2-yarn-rope",
+            "llama-dynamic-rope", "phi3-longrope", "gemma", "gemma2", "gemma3", "mistral-window"]
 WINDOWED = {"gemma2": dict(layer_types=["full_attention"] * 2), "gemma3": dict(layer_types=["full_attention"] * 2),
             "mistral-window": dict(sliding_window=None)}  # the same model without its sliding window
 
