@@ -3,7 +3,8 @@ two replicas of `ingot.serve.ray`.
 
     .venv/bin/python scripts/bench_ray_prefix.py BUNDLE [--requests 64 --system-prompts 4
         --system-len 1024 --tail-len 32 --output-len 16 --concurrency 8]
-        [--kv-cache-memory 160MiB] [--threads 1] [--policies prefix_aware,round_robin] [--rounds 1]
+        [--kv-cache-memory 144MiB] [--imbalanced-threshold 16] [--threads 1]
+        [--policies prefix_aware,round_robin] [--rounds 1]
 
 Workload: N requests, each one of S system prompts (real Shakespeare windows of L tokens, with
 the bundle's tokenizer) followed by a tail of T tokens no other request has, G greedy output
@@ -77,7 +78,8 @@ def start(bundle: Path, policy: str, args) -> tuple[subprocess.Popen, str, Path]
     app_args = config["applications"][0]["args"]
     del app_args["autoscaling_config"]
     app_args.update(model=str(bundle), model_name="m", routing=policy, num_replicas=2, engine_num_cpus=1,
-                    threads=args.threads, kv_cache_memory=args.kv_cache_memory)
+                    threads=args.threads, kv_cache_memory=args.kv_cache_memory,
+                    imbalanced_threshold=args.imbalanced_threshold)
     tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     (tmp / "serve.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "RAY_TMPDIR": str(tmp), "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -163,6 +165,7 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=16)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--kv-cache-memory", default="144MiB")
+    p.add_argument("--imbalanced-threshold", type=float, default=16, help="prefix_aware: the queue gap where load wins")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--policies", default="prefix_aware,round_robin")
     p.add_argument("--rounds", type=int, default=1)
