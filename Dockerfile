@@ -15,7 +15,8 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 # cpu: torch's CPU wheel (torch is only for `ingot build`; serving runs ONNX Runtime);
-# gpu: a TensorRT base image (BASE_IMAGE), its TensorRT visible to the venv, `ingot[tensorrt]`
+# gpu: a TensorRT base image (BASE_IMAGE), its TensorRT visible to the venv, `ingot[tensorrt]`.
+# python3-venv, where the base image lacks it, comes at the version of the base image's distribution.
 ARG VARIANT=cpu
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -26,6 +27,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     PATH=/opt/ingot/bin:$PATH
 
+# hadolint ignore=DL3008
 RUN set -eux; \
     case "$VARIANT" in \
       cpu) venv_flags="" ;; \
@@ -35,8 +37,7 @@ RUN set -eux; \
     if ! python3 -m venv $venv_flags /opt/ingot; then \
       apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*; \
       python3 -m venv $venv_flags /opt/ingot; \
-    fi; \
-    pip install --upgrade pip
+    fi
 
 COPY pyproject.toml README.md /src/
 COPY ingot /src/ingot
