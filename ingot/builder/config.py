@@ -34,6 +34,7 @@ class BuildConfig(BaseModel):
     calib_method: Literal["max", "percentile"] = "max"
     accuracy_level: int = Field(4, ge=0, le=4)
     quant_lm_head: bool = False
+    lm_head_precision: Literal["float", "int4", "int8"] | None = None  # None: int4 with quant_lm_head, else float
     massive_ratio: float = Field(100.0, ge=0)  # FP8 and int4-awq: 0 turns the massive-activation rule off
     kv_float: bool | None = None  # int4, int4-awq: k/v projections stay out of INT4 (None: quantize.kind_defaults)
     recipe_precision: Literal["float", "int8"] = "float"  # int4, int4-awq: the layers their recipe keeps out of INT4

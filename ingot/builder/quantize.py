@@ -77,13 +77,21 @@ def quant_spec(cfg: BuildConfig):
         block = {} if cfg.block_size is None else {"block_size": cfg.block_size}  # None: the kind's (kind_defaults)
         return QuantSpec(
             scheme=cfg.quant, **block, exclude=cfg.exclude, calib_method=cfg.calib_method,
-            accuracy_level=cfg.accuracy_level, quantize_lm_head=cfg.quant_lm_head, gptq=cfg.gptq is not False,
+            accuracy_level=cfg.accuracy_level, **_lm_head(cfg), gptq=cfg.gptq is not False,
             float_weights=cfg.float_weights, kv_float=cfg.kv_float, recipe_precision=cfg.recipe_precision,
             massive_ratio=cfg.massive_ratio or None,
             keep_sensitive=cfg.keep_sensitive, target_cosine=cfg.target_cosine or None, target_top1=cfg.target_top1 or None,
         )
     except ValidationError as e:
         raise BuildError(f"--quant {cfg.quant}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _lm_head(cfg: BuildConfig) -> dict:
+    """--lm-head-precision (float, int4, int8), or --quant-lm-head (int4)."""
+    precision = cfg.lm_head_precision or ("int4" if cfg.quant_lm_head else "float")
+    if precision == "float":
+        return {"quantize_lm_head": False}
+    return {"quantize_lm_head": True, "lm_head_precision": precision}
 
 
 @dataclass

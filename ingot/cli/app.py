@@ -76,7 +76,8 @@ def build(
     calib_method: Annotated[str, typer.Option(help="FP8 activation range: max or percentile.")] = "max",
     exclude: Annotated[list[str], typer.Option("--exclude", metavar="<str>", help="Keep layers matching this pattern in float (repeatable).")] = [],  # noqa: B006
     accuracy_level: Annotated[int, typer.Option(help="INT4 on CPU: MatMulNBits activation accuracy (4 = int8, 0 = fp32).")] = 4,
-    quant_lm_head: Annotated[bool, typer.Option("--quant-lm-head", help="Quantize the LM head too (kept float by default).")] = False,
+    quant_lm_head: Annotated[bool, typer.Option("--quant-lm-head", help="Quantize the LM head too (kept float by default): INT4, as --lm-head-precision int4.")] = False,
+    lm_head_precision: Annotated[str | None, typer.Option(help="int4 and int4-awq: the LM head as float (default), int4 (block 32) or int8 (weight-only, per output channel, as llama.cpp's Q8_0 output tensor).", show_default=False)] = None,
     massive_ratio: Annotated[float, typer.Option(help="FP8 and int4-awq: keep a layer in float when its input's max |x| is this many times the median channel's mean |x| (0: never).")] = 100.0,
     kv_float: Annotated[bool | None, typer.Option("--kv-float/--no-kv-float", help="int4 and int4-awq: keep the attention key/value projections (*k_proj, *v_proj) out of INT4 (default: int4-awq, and int4 on causal LMs).", show_default=False)] = None,
     recipe_precision: Annotated[str, typer.Option(help="int4 and int4-awq: the layers kept out of INT4 (k/v projections; int4-awq: massive activations): float, or int8 (weight-only, per output channel: smaller and faster, less accurate).")] = "float",
@@ -105,7 +106,7 @@ def build(
         atol=atol, rtol=rtol, opset=opset, dims=_parse_dims(dim), overwrite=overwrite,
         quant=quant.value, block_size=block_size, calib=calib, calib_samples=calib_samples,
         calib_seq_len=calib_seq_len, calib_method=calib_method, exclude=exclude, accuracy_level=accuracy_level,
-        quant_lm_head=quant_lm_head, gptq=gptq, float_weights=float_weights, kv_float=kv_float,
+        quant_lm_head=quant_lm_head, lm_head_precision=lm_head_precision, gptq=gptq, float_weights=float_weights, kv_float=kv_float,
         recipe_precision=recipe_precision,
         massive_ratio=massive_ratio, keep_sensitive=keep_sensitive, target_cosine=target_cosine, target_top1=target_top1,
         max_ppl_increase=max_ppl_increase, min_cosine=min_cosine, min_top1=min_top1, layout=layout,

@@ -36,7 +36,7 @@ from ingot.quant.primitives import int4_quantize, int8_channel_quantize, padded_
 from ingot.quant.report import AwqChoice, Progress, QuantReport, SkippedLayer, silent, skip_warnings
 from ingot.quant.scaling import move_inverse, shared_weights
 from ingot.quant.sensitivity import Target, mixed
-from ingot.quant.spec import QuantSpec
+from ingot.quant.spec import LM_HEAD, QuantSpec
 
 MIN_OPSET = 21  # DequantizeLinear's block_size and INT4 type
 
@@ -70,8 +70,9 @@ def quantize_int4(
         raise QuantError("--quant int4-awq needs calibration data: pass --calib FILE")
     layers, skipped = int4_layers(model, spec)
     layers, kept = _recipe_float(layers, spec, stats)
-    int8 = kept if spec.recipe_precision == "int8" else []
-    skipped = skipped if int8 else skipped + kept
+    layers, head = _int8_head(layers, spec)
+    int8 = (kept if spec.recipe_precision == "int8" else []) + head
+    skipped = skipped if spec.recipe_precision == "int8" else skipped + kept
     rtn = spec.model_copy(update={"scheme": "int4"})
     lone = lambda layer: _quantize_int4(model, rtn, None, [layer], skipped)  # noqa: E731
 
@@ -98,6 +99,15 @@ def _recipe_float(
         return rest, kept
     rest, massive = keep_massive(rest, stats, spec.massive_ratio)
     return rest, kept + massive
+
+
+def _int8_head(layers: list[Layer], spec: QuantSpec) -> tuple[list[Layer], list[SkippedLayer]]:
+    """With an INT8 LM head (spec.lm_head_precision), the head leaves the INT4 layers for INT8."""
+    if not spec.quantize_lm_head or spec.lm_head_precision != "int8":
+        return layers, []
+    head = [layer for layer in layers if fnmatch(layer.name, LM_HEAD)]
+    return [layer for layer in layers if layer not in head], [
+        SkippedLayer(name=layer.name, reason="LM head: INT8 per output channel (--lm-head-precision int8)") for layer in head]
 
 
 def _quantize_int4(

@@ -183,6 +183,27 @@ def test_quant_lm_head_and_the_cpu_fusions(tiny_llama_dir, tmp_path):
     assert ingot("run", out, "--prompt", "hello", "--max-tokens", "3").returncode == 0
 
 
+def test_int8_lm_head_per_output_channel(llama_bundle, tmp_path):
+    """--lm-head-precision int8: the tied head is its own INT8 copy (one scale per vocabulary row),
+    listed with the INT8 layers; its logits stay closer to fp32 than an INT4 head's."""
+    out = built(llama_bundle, tmp_path / "h8", "--quant", "int4", "--lm-head-precision", "int8")
+    q = open_bundle(out).manifest.quantization
+    assert q.layers_int8 == {"lm_head/MatMul": "LM head: INT8 per output channel (--lm-head-precision int8)"}
+    assert "lm_head/MatMul" not in q.layers_skipped and q.exclude == []
+    assert "1 layer INT8 weight-only: 1 LM head" in ingot("inspect", out).stdout
+    head4 = built(llama_bundle, tmp_path / "h4", "--quant", "int4", "--lm-head-precision", "int4", "--min-top1", "0")
+    assert open_bundle(head4).manifest.quantization.layers_int8 == {}
+    feeds = {"input_ids": np.array([[1, 57, 23, 99, 4, 18, 77, 3]]), "attention_mask": np.ones((1, 8), np.int64)}
+    ref = load(llama_bundle).run(feeds)["logits"]
+    plain = built(llama_bundle, tmp_path / "h0", "--quant", "int4")  # the same plan, head float
+    errors = [np.abs(load(b).run(feeds)["logits"] - ref).max() for b in (plain, out, head4)]
+    assert errors[1] < errors[2] and errors[1] - errors[0] < (errors[2] - errors[0]) / 4, errors
+    with pytest.raises(BuildError, match="--lm-head-precision"):
+        build(llama_bundle, tmp_path / "bad", quant="int4", lm_head_precision="int2")
+    with pytest.raises(BuildError, match="an INT8 LM head goes with --quant int4 or int4-awq"):
+        build(llama_bundle, tmp_path / "bad", quant="fp8", lm_head_precision="int8", calib=None)
+
+
 def test_npz_calibration_for_any_model(tiny_cnn_py, tmp_path):
     np.savez(tmp_path / "calib.npz", image=np.random.default_rng(0).standard_normal((10, 3, 16, 16)).astype(np.float32))
     out = built(f"{tiny_cnn_py}:model", tmp_path / "fp8", "--quant", "fp8", "--calib", tmp_path / "calib.npz")
