@@ -326,8 +326,9 @@ class IngotIngress:
 
 def build_app(args: dict):
     """The Ray Serve application: `serve run ingot.serve.ray:build_app model=PATH ...`, or
-    `import_path: ingot.serve.ray:build_app` with `args:` in a config file."""
-    options = RayServeOptions.model_validate(args)
+    `import_path: ingot.serve.ray:build_app` with `args:` in a config file. Bad arguments raise
+    ValueError naming the argument."""
+    options = parse_options(args)
     scaling = {"autoscaling_config": options.autoscaling_config} if options.autoscaling_config \
         else {"num_replicas": options.num_replicas}
     router = router_config(options)
@@ -337,3 +338,22 @@ def build_app(args: dict):
     ingress = serve.deployment(IngotIngress, name="IngotIngress").options(
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
     return ingress.bind(engine.bind(options.model_dump()))
+
+
+def parse_options(args: dict) -> RayServeOptions:
+    """The application's arguments, with Ray's autoscaling fields, checked before Ray starts a
+    replica: one line naming what is wrong."""
+    from pydantic import ValidationError
+    from ray.serve.config import AutoscalingConfig
+
+    try:
+        options = RayServeOptions.model_validate(args)
+        if options.autoscaling_config is not None:
+            AutoscalingConfig(**options.autoscaling_config)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"ingot.serve.ray: {where}: {err['msg']}" if where else f"ingot.serve.ray: {err['msg']}") from None
+    except TypeError as e:
+        raise ValueError(f"ingot.serve.ray: autoscaling_config: {e}") from None
+    return options  # the model's path is checked where the replicas run: it need not exist here

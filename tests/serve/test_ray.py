@@ -55,6 +55,24 @@ def test_routing_text_reads_each_kind_of_prompt():
     assert routing_text(b"") is None and routing_text(b"not json") is None and routing_text(b"[1]") is None
 
 
+def test_the_serve_run_config_validates():
+    """deploy/ray/serve_config.yaml against Ray Serve's own schema and the application's options."""
+    pytest.importorskip("ray.serve")
+    from ray.serve.schema import ServeDeploySchema
+
+    from ingot.serve.ray import parse_options
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "ingot.serve.ray:build_app"
+    options = parse_options(app.args)
+    assert options.routing == "prefix_aware" and options.autoscaling_config["max_replicas"] == 4
+    with pytest.raises(ValueError, match="^ingot.serve.ray: routing: "):
+        parse_options({**app.args, "routing": "random"})
+    with pytest.raises(ValueError, match="min_replicas"):
+        parse_options({**app.args, "autoscaling_config": {"min_replicas": 3, "max_replicas": 2}})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,11 +94,13 @@ class RayServe:
         self.log = open(self.tmp / "serve.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(path)], env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        prefixes = [app["route_prefix"].rstrip("/") for app in config["applications"]]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()
             try:
-                if urllib.request.urlopen(self.url + "/v2/health/ready", timeout=5).status == 200:
+                if all(urllib.request.urlopen(f"{self.url}{prefix}/v2/health/ready", timeout=5).status == 200
+                       for prefix in prefixes):
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -121,8 +141,12 @@ def ray_serve(long_llama):
     config["http_options"] = {"host": "127.0.0.1", "port": free_port()}
     args = config["applications"][0]["args"]
     del args["autoscaling_config"]
-    args.update(model=str(long_llama), model_name="llama", num_replicas=2, engine_num_cpus=1, threads=1,
+    args.update(model=str(long_llama), model_name="llama", num_replicas=2, engine_num_cpus=0.5, threads=1,
                 kv_cache_memory="64MiB", metrics_interval_s=1)
+    # a second application: the same, where a queue one request longer than the shortest loses affinity
+    balanced = {**config["applications"][0], "name": "balanced", "route_prefix": "/balanced",
+                "args": {**args, "imbalanced_threshold": 1}}
+    config["applications"].append(balanced)
     server = RayServe(config)
     yield server
     server.stop()
@@ -181,3 +205,15 @@ def test_the_openai_sdk_streams_a_chat_through_ray(ray_serve):
     assert chunks[-1].usage.completion_tokens == 5 and chunks[0].choices[0].delta.role == "assistant"
     with pytest.raises(openai.NotFoundError, match="unknown model"):
         client.completions.create(model="nope", prompt="Hi", max_tokens=2)
+
+
+@pytest.mark.slow
+def test_a_much_longer_queue_loses_its_prefix_affinity(ray_serve):
+    """imbalanced_threshold 1: concurrent requests sharing a prefix overflow to the other replica."""
+    rnd = random.Random(2)
+    prefix = [rnd.randrange(3, 300) for _ in range(512)]
+    url = ray_serve.url + "/balanced"
+    first, _ = complete(url, prefix + [5])
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        replicas = Counter(pool.map(lambda i: complete(url, prefix + [6 + i], max_tokens=32)[0], range(12)))
+    assert len(replicas) == 2 and replicas[first] >= 1, replicas
