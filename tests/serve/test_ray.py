@@ -181,7 +181,10 @@ def test_a_shared_prefix_stays_on_one_replica_and_hits_its_cache(ray_serve):
     while (hits := sample(ray_serve.metrics(), "ray_ingot_prefix_cache_hits_total", first)) < 7 * 512:
         assert time.monotonic() < deadline, f"prefix cache hits of replica {first}: {hits}"
         time.sleep(1)
-    assert sample(ray_serve.metrics(), "ray_ingot_prefix_cache_queries_total", first) >= 8 * 516
+    metrics = ray_serve.metrics()
+    assert sample(metrics, "ray_ingot_prefix_cache_queries_total", first) >= 8 * 516
+    assert sample(metrics, "ray_ingot_time_to_first_token_seconds_count", first) >= 8
+    assert "ray_ingot_kv_cache_usage_perc{" in metrics and "ray_ingot_num_requests_waiting{" in metrics
 
 
 @pytest.mark.slow
