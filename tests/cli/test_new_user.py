@@ -135,8 +135,11 @@ def test_text_file_given_as_npy_is_one_line_without_pickle(cnn_bundle, tmp_path)
 def interrupted(args: tuple, ready: str) -> subprocess.CompletedProcess:
     """`ingot ARGS`, sent SIGINT (Ctrl-C) once a line holding `ready` is on its stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    # SIGINT as a terminal gives it: a shell ignores it in the jobs it starts with `&`, and a
+    # child inherits that, so the suite run in the background would never see Ctrl-C's effect
     proc = subprocess.Popen([sys.executable, "-m", "ingot", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:
         seen.append(line)
