@@ -92,8 +92,11 @@ class RayServe:
                "RAY_metrics_report_interval_ms": "1000"}
         env.pop("RAY_ADDRESS", None)
         self.log = open(self.tmp / "serve.log", "w")  # noqa: SIM115 - closed in stop()
+        # SIGINT's default action as a terminal gives it (a job a shell starts with `&` ignores it,
+        # and so would `serve run`, until the SIGKILL below)
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(path)], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         prefixes = [app["route_prefix"].rstrip("/") for app in config["applications"]]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
