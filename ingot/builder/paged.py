@@ -136,6 +136,14 @@ class PagedCausalLM(torch.nn.Module):
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.attention = [layer_attention(model, i) for i in range(config.num_hidden_layers)]
         self.final_softcap = final_softcap(model)
+        # dynamic NTK and longrope: the rotary module's forward without transformers' update of its
+        # tables, which depends on the batch's largest position; below the positions where the
+        # tables change, which bound max_model_len (causal_lm.rope_positions), they are the original ones
+        self.fixed_rope = rope_type(config) in ("dynamic", "longrope")
+        if self.fixed_rope:
+            rotary = model.model.rotary_emb
+            with torch.no_grad():
+                rotary.inv_freq.copy_(rotary.original_inv_freq)
 
     def forward(self, input_ids, positions, logits_indices, slot_mapping, block_tables, context_lens,
                 query_start_loc, key_caches: list[torch.Tensor], value_caches: list[torch.Tensor]):
@@ -170,12 +178,7 @@ class PagedCausalLM(torch.nn.Module):
         """(cos, sin) per layer: one table for all, or one per layer type (Gemma 3's local and global bases)."""
         inner = self.model.model
         rotary = inner.rotary_emb
-        if rope_type(inner.config) in ("dynamic", "longrope"):
-            # the module's forward without transformers' update of its tables, which depends on the
-            # batch's largest position: below the positions where the tables change, which bound
-            # max_model_len (causal_lm.rope_positions), they are the original ones
-            with torch.no_grad():
-                rotary.inv_freq.copy_(rotary.original_inv_freq)
+        if self.fixed_rope:
             rotary = functools.partial(inspect.unwrap(type(rotary).forward), rotary)
         if not self.family.rope_per_layer_type:
             return [rotary(hidden, positions[None])] * len(inner.layers)
