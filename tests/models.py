@@ -71,8 +71,9 @@ def pkg_dir(name: str) -> Path | None:
     return Path(spec.submodule_search_locations[0]) if spec else None
 
 
-def make_tiny_llama(folder: Path, max_position: int = 256) -> Path:
-    """LlamaForCausalLM (2 layers, hidden 64) + a byte-level BPE tokenizer trained here."""
+def make_tiny_llama(folder: Path, max_position: int = 256, hidden_size: int = 64, num_heads: int = 4) -> Path:
+    """LlamaForCausalLM (2 layers, hidden 64, 4 heads of 16 by default; 2 KV heads) + a byte-level
+    BPE tokenizer trained here."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -86,7 +87,7 @@ def make_tiny_llama(folder: Path, max_position: int = 256) -> Path:
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+    cfg = LlamaConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2, num_attention_heads=num_heads,
                       num_key_value_heads=2, vocab_size=len(fast), max_position_embeddings=max_position,
                       bos_token_id=0, eos_token_id=1)
     LlamaForCausalLM(cfg).eval().save_pretrained(folder)

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 # --kv-cache-memory's help (bench, run, serve): what the default is, and what the budget leaves out
 KV_DEFAULT = "max_num_seqs sequences of max_model_len, at most 25% of available RAM."
 KV_NOT_COVERED = ("Not counted in it: the weights, ONNX Runtime's buffers, and on the CPU target the attention "
-                  "windows, a copy of the running sequences' K/V (their bound is printed at load).")
+                  "windows' page tables and prefill scratch, or, where windows cannot map the pool's pages, "
+                  "a copy of the running sequences' K/V (their bound is printed at load).")
 
 LOCAL_ONLY = ("kv_cache_memory", "threads", "max_num_tokens", "target")
 

@@ -44,14 +44,15 @@ def config(family: str):
     if family == "phi3":
         return transformers.Phi3Config(**common, pad_token_id=1)  # fused qkv and gate_up
     # Gemma: scaled embeddings, GeGLU, (1 + w) norms, norms around attention and MLP; prompts
-    # longer than the 16-token window of the sliding layers
+    # longer than the 16-token window of the sliding layers. Gemma 2 and 3 have 64-dim heads, so a
+    # KV block of one head is a page and the windows map the pool (the others gather copies).
     if family == "gemma":
         return transformers.GemmaConfig(**common, head_dim=16)
     if family == "gemma2":  # soft-capping, tight enough to matter on random weights
-        return transformers.Gemma2Config(**common, head_dim=16, sliding_window=16, attn_logit_softcapping=5.0,
+        return transformers.Gemma2Config(**common, head_dim=64, sliding_window=16, attn_logit_softcapping=5.0,
                                          final_logit_softcapping=10.0, layer_types=["sliding_attention", "full_attention"])
     if family == "gemma3":  # q/k norm, a rope base per layer type
-        return transformers.Gemma3TextConfig(**common, head_dim=16, sliding_window=16,
+        return transformers.Gemma3TextConfig(**common, head_dim=64, sliding_window=16,
                                              layer_types=["sliding_attention", "full_attention"])
     if family == "mistral-window":
         return transformers.MistralConfig(**common, sliding_window=16)
@@ -111,6 +112,7 @@ def test_greedy_tokens_equal_transformers_alone_and_batched(family):
             k: v for k, v in scaling.items() if k != "rope_theta" and not isinstance(v, list)})
         if name == "phi3-longrope":
             assert info.max_model_len == 64  # its original_max_position_embeddings
+        assert (llm.engine.runner.mapped is not None) == (info.head_dim == 64)  # page_map.py
         batched = llm.generate(PROMPTS, params)
         for prompt, out in zip(PROMPTS, batched, strict=True):
             want = hf_greedy(ref, list(out.prompt_token_ids))

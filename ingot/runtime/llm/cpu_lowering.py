@@ -13,6 +13,9 @@ pool. This module turns a packed batch into the plan's calls and inputs:
   so the kernel appends the call's new rows in place.
 
 The pool stays the source of truth: a window row is only ever a copy of what the pool holds.
+Where a KV block of one head is whole pages, the runner maps windows onto the pool's pages
+instead (page_map.py) and these copies serve only prefills from scratch and calls past the
+mapping budget.
 """
 
 from __future__ import annotations
@@ -169,6 +172,18 @@ class Windows:
     def bytes_max(self) -> int:
         """Memory the windows may take at most: every sequence's whole context, per layer and k|v."""
         return self.info.max_num_seqs * self.info.max_model_len * self.info.kv_bytes_per_token
+
+    @property
+    def bytes_held(self) -> int:
+        """Memory the windows hold now (decode rows and other calls' arrays)."""
+        return sum(a.nbytes for buffers in (self.buffers, self._prefill) for a in buffers.flat.values())
+
+    @property
+    def scratch_bytes_max(self) -> int:
+        """Memory the windows of prefills from scratch alone may take: a call's rows hold at most
+        max_num_tokens tokens, each row rounded up to whole blocks (and arrays grow by half again)."""
+        info = self.info
+        return (info.max_num_tokens + info.max_num_seqs * info.kv_block_size) * info.kv_bytes_per_token * 3 // 2
 
     def decode(self, batch: PackedBatch, caches: Arrays) -> tuple[np.ndarray, Arrays, Arrays]:
         """For a call of one new token per sequence: the order it must run in (indices into the

@@ -1,7 +1,9 @@
 """The paged KV pool in host memory, and how many blocks a memory budget holds.
 
 One numpy array, viewed per layer and k|v as [kv_heads, blocks, block, dim]: a block of one head
-is contiguous, so a sequence's past is gathered a block at a time (cpu_lowering.py). The step's
+is contiguous, so a sequence's past is gathered a block at a time (cpu_lowering.py), or, where a
+block of one head is whole pages, the array is shared memory whose pages the attention windows
+map (page_map.py). The step's
 new K/V come back as plan outputs and are written here at their slots, in place.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo, blocks_needed
 from ingot.runtime.errors import InputError, RunError
+from ingot.runtime.llm import page_map
 from ingot.runtime.llm.buffers import populated
 
 DEFAULT_FRACTION = 0.25  # of available memory, when --kv-cache-memory is not given
@@ -93,8 +96,12 @@ class KVCache:
     def __init__(self, info: LLMInfo, num_blocks: int):
         shape = (info.num_layers, 2, info.num_kv_heads, num_blocks, info.kv_block_size, info.head_dim)
         self.info, self.num_blocks = info, num_blocks
+        self.fd: int | None = None  # the pool's memfd, where attention windows can map its pages
         try:
-            self.pool = populated(shape)
+            if page_map.supported(info):
+                self.pool, self.fd = page_map.shared_zeros(shape)
+            else:
+                self.pool = populated(shape)
         except (OSError, MemoryError) as e:  # ENOMEM: committed elsewhere since the budget was checked
             raise RunError(f"could not allocate the KV cache ({num_blocks} blocks, "
                            f"{format_bytes(num_blocks * info.kv_bytes_per_block)}): {e}; "
