@@ -117,7 +117,7 @@ def smollm2_bundle(smollm2_gguf, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_int4_bundle(smollm2_bundle, tmp_path_factory) -> Path:
-    """`ingot build SMOLLM2 --quant int4` at its defaults (no calibration), built once."""
+    """`ingot build SMOLLM2 --quant int4` at its defaults (AWQ + GPTQ on the built-in calibration text), built once."""
     return built(smollm2_bundle, tmp_path_factory.mktemp("real") / "smollm2-int4", "--quant", "int4")
 
 

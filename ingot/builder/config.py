@@ -25,8 +25,10 @@ class BuildConfig(BaseModel):
     dims: dict[str, tuple[int, int]] = {}  # --dim NAME=MIN:MAX
     overwrite: bool = False
     # quantization (ingot/quant): the spec is validated by QuantSpec
-    quant: Literal["none", "fp8", "int4", "int4-awq"] = "none"
-    block_size: int | None = None  # INT4 (None: 32 for --quant int4 on causal LMs, else 128: quantize.kind_defaults)
+    # int4 on a causal LM: AWQ + GPTQ with INT8 recipe layers and head (quantize.kind_defaults);
+    # int4-rtn: round to nearest, no calibration (int4 for any other model)
+    quant: Literal["none", "fp8", "int4", "int4-rtn", "int4-awq"] = "none"
+    block_size: int | None = None  # INT4 (None: 32 for int4-rtn on causal LMs, else 128: quantize.kind_defaults)
     exclude: list[str] = []
     calib: Path | None = None
     calib_samples: int = Field(32, ge=1)
@@ -34,10 +36,13 @@ class BuildConfig(BaseModel):
     calib_method: Literal["max", "percentile"] = "max"
     accuracy_level: int = Field(4, ge=0, le=4)
     quant_lm_head: bool = False
-    lm_head_precision: Literal["float", "int4", "int8"] | None = None  # None: int4 with quant_lm_head, else float
-    massive_ratio: float = Field(100.0, ge=0)  # FP8 and int4-awq: 0 turns the massive-activation rule off
+    # None: int4 with quant_lm_head; else int8 for int4 on causal LMs (quantize.kind_defaults), float otherwise
+    lm_head_precision: Literal["float", "int4", "int8"] | None = None
+    # FP8 and int4-awq: 0 turns the massive-activation rule off (None: 100; 1000 for int4 on causal LMs)
+    massive_ratio: float | None = Field(None, ge=0)
     kv_float: bool | None = None  # int4, int4-awq: k/v projections stay out of INT4 (None: quantize.kind_defaults)
-    recipe_precision: Literal["float", "int8"] = "float"  # int4, int4-awq: the layers their recipe keeps out of INT4
+    # int4, int4-awq: the layers their recipe keeps out of INT4 (None: int8 for int4 on causal LMs, else float)
+    recipe_precision: Literal["float", "int8"] | None = None
     keep_sensitive: int = Field(0, ge=0)  # this many most sensitive layers stay float (0: off)
     # the fewest most sensitive layers stay float to keep this cosine on the calibration data;
     # None: the kind's default (quantize.kind_defaults) unless keep_sensitive is given, 0: off

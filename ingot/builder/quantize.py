@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from ingot.builder.accuracy import Gates, gate
-from ingot.builder.calib import CalibData, gate_text_feeds, load_calibration
+from ingot.builder.calib import CalibData, builtin_calibration, gate_text_feeds, load_calibration
 from ingot.builder.config import BuildConfig
 from ingot.builder.errors import BuildError
 from ingot.builder.loaded import LoadedModel
@@ -40,20 +40,38 @@ TARGETS = {
 DEFAULT_TARGETS = {"target_cosine": 0.995}
 # GPTQ rounding (int4-awq) is the default for causal LMs only: on an encoder it fit the
 # calibration text and carried worse to other sentences (`git show 954c8cb:BENCHMARKS.md`, Encoder and vision models).
-# Plain --quant int4 (round to nearest) on a causal LM: block 32, with the k/v projections
-# float (QuantSpec.kv_float), passes the default gate where block 128 did not; the trade of
-# perplexity, size and speed is in BENCHMARKS.md, Quantization quality.
+# --quant int4-rtn (round to nearest, no calibration) on a causal LM: block 32, with the k/v
+# projections float (QuantSpec.kv_float), passes the default gate where block 128 did not.
 RTN_LM_BLOCK = 32
 RTN_LM = {"block_size": RTN_LM_BLOCK, "kv_float": True}
+# --quant int4 on a causal LM: the quality-first recipe. AWQ scales and GPTQ rounding for every
+# layer INT4 at block 128, but the k/v projections and the layers whose input has the most
+# massive activations (max |x| >= 1000x the median channel's mean |x|: SmolLM2's few extreme
+# down projections) INT8 weight-only, per output channel, and an INT8 LM head, as llama.cpp keeps
+# its output tensor in Q8_0. No weight a decode step reads stays fp32 (the embedding table is read
+# a row a token). Calibrated on --calib or the built-in text (calib.py). SmolLM2-135M: perplexity
+# +17.6% on the development text (Hamlet), +10.6% on held-out King Lear, 90.8 MB of weights read
+# per decode token; int4-rtn +26.2%/+23.3% at 202.1 MB. The fewest bytes a token of the plans
+# measured within +20% on the development text: every layer INT4 (85.5 MB) was +19.7% there even
+# calibrated on Shakespeare; the threshold 100 instead of 1000 (36 layers INT8, 102.9 MB) +9.6%.
+AWQ_LM = {"recipe_precision": "int8", "massive_ratio": 1000.0, "quantize_lm_head": True, "lm_head_precision": "int8"}
 
 
 def kind_defaults(kind: str, cfg: BuildConfig, calibrated: bool) -> dict[str, object]:
     """{spec field: value} a build of this model kind uses where no option says otherwise:
-    the INT4 block size and k/v recipe, GPTQ or not, and its accuracy targets (they need
-    calibration data; none with --keep-sensitive)."""
+    the INT4 scheme (int4 on a causal LM is AWQ + GPTQ), block size and recipe, GPTQ or not,
+    and the accuracy targets (they need calibration data; none with --keep-sensitive)."""
     out: dict[str, object] = {} if cfg.gptq is not None else {"gptq": kind == "causal-lm"}
-    if cfg.quant == "int4" and kind == "causal-lm":
+    if cfg.quant == "int4-rtn" and kind == "causal-lm":
         out |= {k: v for k, v in RTN_LM.items() if getattr(cfg, k) is None}
+    if cfg.quant == "int4" and kind == "causal-lm":
+        out |= {"scheme": "int4-awq"}
+        if cfg.recipe_precision is None:
+            out["recipe_precision"] = AWQ_LM["recipe_precision"]
+        if cfg.massive_ratio is None:
+            out["massive_ratio"] = AWQ_LM["massive_ratio"]
+        if cfg.lm_head_precision is None and not cfg.quant_lm_head:
+            out |= {k: AWQ_LM[k] for k in ("quantize_lm_head", "lm_head_precision")}
     if calibrated and not cfg.keep_sensitive:
         given = {"target_cosine": cfg.target_cosine, "target_top1": cfg.target_top1}
         out |= {k: v for k, v in TARGETS.get(kind, DEFAULT_TARGETS).items() if given[k] is None}
@@ -64,6 +82,8 @@ _NOTES = {
     "fp8": "cpu targets: ONNX Runtime dequantizes the FP8 weights at load and runs at fp32 speed; "
            "FP8 speed needs a GPU target (sm_89 or newer)",
     "int4": "cpu targets: ONNX Runtime fuses DequantizeLinear(INT4) + MatMul into MatMulNBits",
+    "builtin": "--quant int4 on a causal LM is AWQ + GPTQ: calibrated on the built-in text (ingot/builder/calib_text.txt: "
+               "prose and verse in English; pass --calib FILE to calibrate on your own)",
 }
 
 
@@ -75,11 +95,13 @@ def quant_spec(cfg: BuildConfig):
 
     try:
         block = {} if cfg.block_size is None else {"block_size": cfg.block_size}  # None: the kind's (kind_defaults)
+        recipe = {} if cfg.recipe_precision is None else {"recipe_precision": cfg.recipe_precision}
+        massive = {} if cfg.massive_ratio is None else {"massive_ratio": cfg.massive_ratio or None}  # 0: off
         return QuantSpec(
-            scheme=cfg.quant, **block, exclude=cfg.exclude, calib_method=cfg.calib_method,
+            scheme="int4" if cfg.quant == "int4-rtn" else cfg.quant, **block, **recipe, exclude=cfg.exclude, calib_method=cfg.calib_method,
             accuracy_level=cfg.accuracy_level, **_lm_head(cfg), gptq=cfg.gptq is not False,
-            float_weights=cfg.float_weights, kv_float=cfg.kv_float, recipe_precision=cfg.recipe_precision,
-            massive_ratio=cfg.massive_ratio or None,
+            float_weights=cfg.float_weights, kv_float=cfg.kv_float,
+            **massive,
             keep_sensitive=cfg.keep_sensitive, target_cosine=cfg.target_cosine or None, target_top1=cfg.target_top1 or None,
         )
     except ValidationError as e:
@@ -116,6 +138,8 @@ class QuantResult:
                 source=c.name, sha256=c.sha256, format=c.format, samples=c.samples, seq_len=c.seq_len, method=method
             )
         notes = [_NOTES["fp8" if s.scheme == "fp8" else "int4"]]
+        if c is not None and c.builtin:
+            notes.append(_NOTES["builtin"])
         if s.scheme != "fp8":
             notes[0] += f", accuracy level {s.accuracy_level} ({'int8' if s.accuracy_level == 4 else 'float'} activations)"
         if r.half_weights:
@@ -142,6 +166,7 @@ class QuantResult:
             calib_cosine=r.calib_cosine,
             calib_top1=r.calib_top1,
             layers_quantized=r.layers_quantized,
+            layers_quantized_names=r.quantized,
             layers_skipped={k.name: k.reason for k in r.skipped},
             layers_int8={k.name: k.reason for k in r.int8},
             warnings=r.warnings,
@@ -163,7 +188,7 @@ class QuantResult:
 
     def _held_out(self, loaded: LoadedModel, cfg: BuildConfig) -> tuple[list[dict], str, bool]:
         """(feeds, what they are, whether perplexity is measured on them)."""
-        if self.calib is not None:
+        if self.calib is not None and self.calib.held_out:  # the built-in calibration text has none
             rows = sum(len(next(iter(f.values()))) for f in self.calib.held_out)
             ppl = loaded.kind == "causal-lm" and self.calib.format != "npz"
             return self.calib.held_out, f"{rows} held-out rows of {self.calib.name}", ppl
@@ -190,9 +215,10 @@ def advice(spec) -> str:
     return "a lower --massive-ratio or --exclude PATTERN (more layers float)"
 
 
-def require_calibration(spec, cfg: BuildConfig) -> None:
-    """FP8, int4-awq and a sensitivity search need --calib: refused before any model is loaded."""
-    if spec is not None and spec.needs_calibration and cfg.calib is None:
+def require_calibration(spec, cfg: BuildConfig, calibrated: bool = False) -> None:
+    """FP8, int4-awq and a sensitivity search need --calib: refused before any model is loaded
+    (int4 on a causal LM, AWQ too, has the built-in text: `calibrated`)."""
+    if spec is not None and spec.needs_calibration and cfg.calib is None and not calibrated:
         raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
 
 
@@ -200,13 +226,17 @@ def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, ll
     """`llm`: the LLMInfo of a paged plan, whose calibration rows are fed as prefills."""
     from ingot.quant import QuantError, quantize
 
+    spec = spec.model_copy(update=kind_defaults(loaded.kind, cfg, cfg.calib is not None))
     calib = None
     if cfg.calib is not None:
         with stage("load calibration data"), quiet():
             # AWQ and GPTQ fit their rows: a target search must score them on others
             calib = load_calibration(cfg.calib, loaded, cfg.calib_samples, cfg.calib_seq_len, spec.scheme == "int4-awq")
-    require_calibration(spec, cfg)
-    spec = spec.model_copy(update=kind_defaults(loaded.kind, cfg, calib is not None))
+    elif spec.needs_calibration and loaded.kind == "causal-lm" and loaded.tokenizer is not None:
+        seq_len = min(cfg.calib_seq_len, _max_len(loaded, llm) or cfg.calib_seq_len)  # windows the plan takes
+        with stage("load the built-in calibration text (--calib FILE: your own)"), quiet():
+            calib = builtin_calibration(loaded, cfg.calib_samples, seq_len)
+    require_calibration(spec, cfg, calib is not None)
     feeds, check = (calib.calib, calib.check) if calib else (None, None)
     if calib and llm is not None:
         from ingot.runtime.llm.dense import paged_feeds

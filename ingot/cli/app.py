@@ -49,6 +49,7 @@ class Quant(str, Enum):
     none = "none"
     fp8 = "fp8"
     int4 = "int4"
+    int4_rtn = "int4-rtn"
     int4_awq = "int4-awq"
 
 
@@ -68,8 +69,8 @@ def build(
     opset: Annotated[int, typer.Option(help="ONNX opset of the export.")] = 21,
     dim: Annotated[list[str], typer.Option("--dim", metavar="<str>", help="Range of a dynamic dim: NAME=MIN:MAX (repeatable).")] = [],  # noqa: B006
     overwrite: Annotated[bool, typer.Option(help="Replace a bundle of a different model at --output.")] = False,
-    quant: Annotated[Quant, typer.Option(help="Quantize weights (and FP8 activations) as ONNX Q/DQ.")] = Quant.none,
-    block_size: Annotated[int | None, typer.Option(help="INT4: weights per scale along the input dim (power of 2 >= 16; default 32 for --quant int4 on causal LMs, else 128).", show_default=False)] = None,
+    quant: Annotated[Quant, typer.Option(help="Quantize weights (and FP8 activations) as ONNX Q/DQ. int4 on a causal LM: AWQ + GPTQ, calibrated on --calib or a built-in text; int4-rtn: round to nearest, no calibration.")] = Quant.none,
+    block_size: Annotated[int | None, typer.Option(help="INT4: weights per scale along the input dim (power of 2 >= 16; default 32 for --quant int4-rtn on causal LMs, else 128).", show_default=False)] = None,
     calib: Annotated[Path | None, typer.Option(help="Calibration data: .txt/.jsonl texts, or .npz of named inputs.")] = None,
     calib_samples: Annotated[int, typer.Option(help="Calibration samples (windows or rows).")] = 32,
     calib_seq_len: Annotated[int, typer.Option(help="Tokens per calibration window (text).")] = 256,
@@ -77,10 +78,10 @@ def build(
     exclude: Annotated[list[str], typer.Option("--exclude", metavar="<str>", help="Keep layers matching this pattern in float (repeatable).")] = [],  # noqa: B006
     accuracy_level: Annotated[int, typer.Option(help="INT4 on CPU: MatMulNBits activation accuracy (4 = int8, 0 = fp32).")] = 4,
     quant_lm_head: Annotated[bool, typer.Option("--quant-lm-head", help="Quantize the LM head too (kept float by default): INT4, as --lm-head-precision int4.")] = False,
-    lm_head_precision: Annotated[str | None, typer.Option(help="int4 and int4-awq: the LM head as float (default), int4 (block 32) or int8 (weight-only, per output channel, as llama.cpp's Q8_0 output tensor).", show_default=False)] = None,
-    massive_ratio: Annotated[float, typer.Option(help="FP8 and int4-awq: keep a layer in float when its input's max |x| is this many times the median channel's mean |x| (0: never).")] = 100.0,
+    lm_head_precision: Annotated[str | None, typer.Option(help="int4 and int4-awq: the LM head as float, int4 (block 32) or int8 (weight-only, per output channel, as llama.cpp's Q8_0 output tensor; the default of int4 on causal LMs, else float).", show_default=False)] = None,
+    massive_ratio: Annotated[float | None, typer.Option(help="FP8 and int4-awq: keep a layer out of FP8/INT4 when its input's max |x| is this many times the median channel's mean |x| (0: never; default 100, and 1000 for int4 on causal LMs).", show_default=False)] = None,
     kv_float: Annotated[bool | None, typer.Option("--kv-float/--no-kv-float", help="int4 and int4-awq: keep the attention key/value projections (*k_proj, *v_proj) out of INT4 (default: int4-awq, and int4 on causal LMs).", show_default=False)] = None,
-    recipe_precision: Annotated[str, typer.Option(help="int4 and int4-awq: the layers kept out of INT4 (k/v projections; int4-awq: massive activations): float, or int8 (weight-only, per output channel: smaller and faster, less accurate).")] = "float",
+    recipe_precision: Annotated[str | None, typer.Option(help="int4 and int4-awq: the layers kept out of INT4 (k/v projections; int4-awq: massive activations): float, or int8 (weight-only, per output channel: smaller and faster, less accurate; the default of int4 on causal LMs).", show_default=False)] = None,
     keep_sensitive: Annotated[int, typer.Option(help="Keep the N layers whose lone quantization (INT4: round to nearest) moves the output most on the calibration data in float; one run per layer.")] = 0,
     target_cosine: Annotated[float | None, typer.Option(help="Keep the fewest most sensitive layers in float so every output keeps this cosine to the float model on the calibration data (default with --calib: 0.995, causal LMs none: their recipe keeps layers float by rule; 0: off).")] = None,
     target_top1: Annotated[float | None, typer.Option(help="The same for the top-1 agreement of the logits where the float model is not near a tie (default with --calib: 0.99 for classifiers; 0: off).")] = None,

@@ -67,6 +67,7 @@ def quantization(q, targets) -> None:
     block = f", block {q.block_size}" if q.block_size else ""
     block += f", {q.rounding} rounding" if q.rounding else ""
     out.print(f"quantization: {q.scheme}{block}, {q.layers_quantized} layers quantized, excluded {', '.join(q.exclude) or 'none'}")
+    out.print(f"  layers: {precisions(q)}")
     if q.calibration:
         c = q.calibration
         out.print(f"  calibration: {c.source} ({c.format}, {c.samples} samples, seq {c.seq_len}, {c.method})")
@@ -81,6 +82,17 @@ def quantization(q, targets) -> None:
     for line in [*q.warnings, *q.notes]:
         if line.split(" ", 1)[0] not in listed:  # "NAME stays in float: reason": in the summary above
             out.print(f"  note: {line}")
+
+
+def precisions(q) -> str:
+    """What the MatMul layers became: `114 INT4 (block 128), 97 INT8 weight-only, 0 float; LM head INT8`."""
+    own = "FP8" if q.scheme == "fp8" else "INT4"
+    parts = [f"{q.layers_quantized} {own}" + (f" (block {q.block_size})" if q.block_size else ""),
+             f"{len(q.layers_int8)} INT8 weight-only", f"{len(q.layers_skipped)} float"]
+    head = next((precision for precision, names in (("INT8", q.layers_int8), (own, q.layers_quantized_names),
+                                                    ("float", q.layers_skipped))
+                 if any(name.startswith("lm_head") for name in names)), None)
+    return ", ".join(parts) + (f"; LM head {head}" if head else "")
 
 
 GATE_OPTIONS = {"max_ppl_increase_pct": "--max-ppl-increase", "min_cosine": "--min-cosine", "min_top1": "--min-top1"}

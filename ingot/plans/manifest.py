@@ -163,6 +163,9 @@ class Quantization(_Frozen):
     layers_quantized: int
     layers_skipped: dict[str, str] = {}  # node name -> reason
     layers_int8: dict[str, str] = {}  # int4-awq: node name -> why it is INT8 weight-only, not INT4
+    # node names of the layers quantized to the scheme's own precision (INT4 blocks, FP8): with
+    # layers_int8 and layers_skipped, what every layer became
+    layers_quantized_names: list[str] = []
     warnings: list[str] = []
     notes: list[str] = []
 

@@ -63,7 +63,8 @@ def test_int4_awq_manifest_and_gate(awq_bundle):
 
 def test_inspect_shows_the_spec(awq_bundle):
     out = ingot("inspect", awq_bundle).stdout
-    for fragment in ("quantization: int4-awq, block 32, gptq rounding", "calibration: calib.txt", "perplexity", "MatMulNBits"):
+    for fragment in ("quantization: int4-awq, block 32, gptq rounding", "calibration: calib.txt", "perplexity", "MatMulNBits",
+                     "layers: 10 INT4 (block 32), 0 INT8 weight-only, 5 float; LM head float"):
         assert fragment in out, fragment
     data = json.loads(ingot("inspect", awq_bundle, "--json").stdout)
     assert data["quantization"]["scheme"] == "int4-awq"
@@ -121,12 +122,44 @@ def test_fp8_needs_calibration_and_records_cpu_settings(llama_bundle, calib_txt,
 KV = {f"model.layers.{i}.self_attn.{p}_proj/MatMul" for i in (0, 1) for p in "kv"}
 
 
-def test_plain_int4_on_a_causal_lm_passes_the_default_gate_on_the_built_in_text(llama_bundle, tmp_path):
-    """No flag but --quant int4: round to nearest at block 32 with the k/v projections float
-    (no calibration needed), judged by perplexity and next-token agreement on the built-in text."""
-    m = open_bundle(built(llama_bundle, tmp_path / "rtn", "--quant", "int4")).manifest
+def test_plain_int4_on_a_causal_lm_is_awq_gptq_calibrated_on_the_built_in_text(llama_bundle, tmp_path):
+    """No flag but --quant int4: AWQ + GPTQ at block 128 on the built-in calibration text, the k/v
+    projections, the massive-activation layers (none here) and the LM head INT8 weight-only,
+    nothing float; the gate scores the built-in gate text, which calibration never saw. The
+    manifest says what every layer became."""
+    out = built(llama_bundle, tmp_path / "int4", "--quant", "int4")
+    m = open_bundle(out).manifest
     q, v = m.quantization, m.targets["cpu-x86_64"].verification
-    assert q.calibration is None and q.rounding == "nearest" and q.block_size == 32
+    assert q.scheme == "int4-awq" and q.rounding == "gptq" and q.block_size == 128
+    assert q.calibration.source == "calib_text.txt (built in)" and q.calibration.samples == 32
+    assert any(n.startswith("--quant int4 on a causal LM is AWQ + GPTQ: calibrated on the built-in text") for n in q.notes)
+    assert set(q.layers_int8) == KV | {"lm_head/MatMul"} and not q.layers_skipped and q.exclude == []
+    assert q.layers_int8["lm_head/MatMul"].startswith("LM head: INT8 per output channel")
+    assert sorted(q.layers_quantized_names) == sorted(
+        f"model.layers.{i}.{m}/MatMul" for i in (0, 1)
+        for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+    assert v.passed and v.data.startswith("8 windows of 256 tokens of the built-in gate text")
+    assert "layers: 10 INT4 (block 128), 5 INT8 weight-only, 0 float; LM head INT8" in ingot("inspect", out).stdout
+
+
+def test_plain_int4_options_undo_the_recipe_one_by_one(llama_bundle, calib_txt, tmp_path):
+    """--calib replaces the built-in text; --recipe-precision float, --lm-head-precision float
+    and --no-gptq give back int4-awq's float layers and head, and round to nearest."""
+    out = built(llama_bundle, tmp_path / "own", "--quant", "int4", "--calib", calib_txt, "--calib-seq-len", "32",
+                "--calib-samples", "8", "--recipe-precision", "float", "--lm-head-precision", "float", "--no-gptq")
+    q = open_bundle(out).manifest.quantization
+    assert q.scheme == "int4-awq" and q.calibration.source == "calib.txt" and q.rounding == "nearest"
+    assert set(q.layers_skipped) == KV | {"lm_head/MatMul"} and not q.layers_int8
+    assert not any("built-in text" in n for n in q.notes)
+
+
+def test_int4_rtn_on_a_causal_lm_passes_the_default_gate_on_the_built_in_text(llama_bundle, tmp_path):
+    """--quant int4-rtn (plain int4 before AWQ became the causal-LM default): round to nearest at
+    block 32 with the k/v projections float (no calibration), judged by perplexity and next-token
+    agreement on the built-in text."""
+    m = open_bundle(built(llama_bundle, tmp_path / "rtn", "--quant", "int4-rtn")).manifest
+    q, v = m.quantization, m.targets["cpu-x86_64"].verification
+    assert q.scheme == "int4" and q.calibration is None and q.rounding == "nearest" and q.block_size == 32
     assert set(q.layers_skipped) == KV | {"lm_head/MatMul"} and q.layers_quantized == 10
     assert all("key/value projection: int4 keeps it out of INT4" in q.layers_skipped[name] for name in KV)
     assert v.passed and v.gates == {"max_ppl_increase_pct": 50.0, "min_top1": 0.5}
@@ -136,7 +169,7 @@ def test_plain_int4_on_a_causal_lm_passes_the_default_gate_on_the_built_in_text(
 
 
 def test_rtn_options_override_the_causal_lm_defaults(llama_bundle, tmp_path):
-    out = built(llama_bundle, tmp_path / "rtn", "--quant", "int4", "--block-size", "64", "--no-kv-float",
+    out = built(llama_bundle, tmp_path / "rtn", "--quant", "int4-rtn", "--block-size", "64", "--no-kv-float",
                 "--exclude", "*.mlp.down_proj*", "--max-ppl-increase", "20")
     m = open_bundle(out).manifest
     q = m.quantization
@@ -164,7 +197,7 @@ def test_a_broken_plan_fails_the_gate_naming_the_options(llama_bundle, tmp_path,
 
     monkeypatch.setattr(ingot.quant, "quantize", broken)
     with pytest.raises(VerificationError) as e:
-        build(llama_bundle, tmp_path / "broken", quant="int4")
+        build(llama_bundle, tmp_path / "broken", quant="int4-rtn")
     message = str(e.value)
     assert message.startswith("accuracy gate failed: top-1 agreement") and "< --min-top1 0.5" in message
     assert "of the built-in gate text" in message
@@ -174,7 +207,7 @@ def test_a_broken_plan_fails_the_gate_naming_the_options(llama_bundle, tmp_path,
 
 
 def test_quant_lm_head_and_the_cpu_fusions(tiny_llama_dir, tmp_path):
-    out = built(tiny_llama_dir, tmp_path / "head", "--quant", "int4", "--block-size", "128", "--no-kv-float",
+    out = built(tiny_llama_dir, tmp_path / "head", "--quant", "int4-rtn", "--block-size", "128", "--no-kv-float",
                 "--quant-lm-head", "--min-top1", "0")
     m = open_bundle(out).manifest
     assert m.quantization.layers_quantized == 15 and m.quantization.exclude == [] and not m.quantization.layers_skipped
@@ -186,16 +219,16 @@ def test_quant_lm_head_and_the_cpu_fusions(tiny_llama_dir, tmp_path):
 def test_int8_lm_head_per_output_channel(llama_bundle, tmp_path):
     """--lm-head-precision int8: the tied head is its own INT8 copy (one scale per vocabulary row),
     listed with the INT8 layers; its logits stay closer to fp32 than an INT4 head's."""
-    out = built(llama_bundle, tmp_path / "h8", "--quant", "int4", "--lm-head-precision", "int8")
+    out = built(llama_bundle, tmp_path / "h8", "--quant", "int4-rtn", "--lm-head-precision", "int8")
     q = open_bundle(out).manifest.quantization
     assert q.layers_int8 == {"lm_head/MatMul": "LM head: INT8 per output channel (--lm-head-precision int8)"}
     assert "lm_head/MatMul" not in q.layers_skipped and q.exclude == []
     assert "1 layer INT8 weight-only: 1 LM head" in ingot("inspect", out).stdout
-    head4 = built(llama_bundle, tmp_path / "h4", "--quant", "int4", "--lm-head-precision", "int4", "--min-top1", "0")
+    head4 = built(llama_bundle, tmp_path / "h4", "--quant", "int4-rtn", "--lm-head-precision", "int4", "--min-top1", "0")
     assert open_bundle(head4).manifest.quantization.layers_int8 == {}
     feeds = {"input_ids": np.array([[1, 57, 23, 99, 4, 18, 77, 3]]), "attention_mask": np.ones((1, 8), np.int64)}
     ref = load(llama_bundle).run(feeds)["logits"]
-    plain = built(llama_bundle, tmp_path / "h0", "--quant", "int4")  # the same plan, head float
+    plain = built(llama_bundle, tmp_path / "h0", "--quant", "int4-rtn")  # the same plan, head float
     errors = [np.abs(load(b).run(feeds)["logits"] - ref).max() for b in (plain, out, head4)]
     assert errors[1] < errors[2] and errors[1] - errors[0] < (errors[2] - errors[0]) / 4, errors
     with pytest.raises(BuildError, match="--lm-head-precision"):
@@ -305,7 +338,7 @@ def test_failing_gate_keeps_the_previous_bundle(awq_bundle, llama_bundle, calib_
 
 
 def test_an_fp32_bundle_as_the_source(llama_bundle, tmp_path):
-    out = built(llama_bundle, tmp_path / "q", "--quant", "int4", "--block-size", "32", "--no-kv-float")
+    out = built(llama_bundle, tmp_path / "q", "--quant", "int4-rtn", "--block-size", "32", "--no-kv-float")
     fp32, q = open_bundle(llama_bundle).manifest, open_bundle(out).manifest
     assert q.model == fp32.model and q.inputs == fp32.inputs and q.tokenizer == fp32.tokenizer
     assert q.precision == "int4" and q.quantization.layers_quantized == 14

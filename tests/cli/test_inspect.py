@@ -37,7 +37,7 @@ def test_inspect_check_says_how_many_files_it_hashed(bert_bundle):
 
 @pytest.fixture(scope="module")
 def int4_llama(llama_bundle, tmp_path_factory):
-    return built(llama_bundle, tmp_path_factory.mktemp("q") / "int4", "--quant", "int4")
+    return built(llama_bundle, tmp_path_factory.mktemp("q") / "int4", "--quant", "int4-rtn")  # k/v and head float
 
 
 def test_inspect_shows_the_plan_limits_then_the_gate_then_a_summary_of_float_layers(int4_llama):

@@ -7,8 +7,10 @@ a valid source), so the export is not repeated.
 Issue 3's SmolLM2 targets are INT4-AWQ (block 128) within +10% of fp32 and FP8 within +2%.
 INT4-AWQ meets it with its default mixed precision (the k/v projections and the
 massive-activation layers float, stored fp16); FP8 with its massive-activation layers in
-float. Plain `--quant int4` (round to nearest, no calibration; block 32 with the k/v
-projections float on causal LMs) passes the default accuracy gate out of the box. The
+float. Issue 19's target is plain `--quant int4` (AWQ + GPTQ on the built-in calibration text,
+the k/v projections, the layers with the most massive activations and the LM head INT8) within
++20% of fp32 on text no choice was tuned on; `--quant int4-rtn` (round to nearest, no calibration;
+block 32 with the k/v projections float) passes the default accuracy gate out of the box. The
 figures are in BENCHMARKS.md, Quantization. MiniLM (cosine >= 0.99) and EfficientNet (FP8 top-1) meet theirs with the
 default accuracy targets, which keep their most sensitive layers float. The tests assert the
 targets, a regression guard for FP8 perplexity (within 3%), and print the figures.
@@ -77,10 +79,10 @@ OPEN_GATE = ("--max-ppl-increase", "1000", "--min-cosine", "0")
 
 
 @pytest.fixture(scope="module")
-def smol(smollm2_bundle, calib_txt, hamlet, tmp_path_factory):
+def smol(smollm2_bundle, smollm2_int4_bundle, calib_txt, hamlet, tmp_path_factory):
     root = tmp_path_factory.mktemp("smolq")
     bundles = {
-        "int4": quantized(smollm2_bundle, root / "int4", "int4", calib_txt, *OPEN_GATE),
+        "int4": smollm2_int4_bundle,  # the default: AWQ + GPTQ on the built-in text, INT8 recipe layers and head
         "int4-awq": quantized(smollm2_bundle, root / "int4-awq", "int4-awq", calib_txt, *OPEN_GATE),
         "fp8": quantized(smollm2_bundle, root / "fp8", "fp8", calib_txt),
     }
@@ -88,11 +90,16 @@ def smol(smollm2_bundle, calib_txt, hamlet, tmp_path_factory):
     return bundles, {k: ppl(b, hamlet) for k, b in bundles.items()}
 
 
-def test_smollm2_int4_awq_beats_rtn(smol):
+def test_smollm2_int4_plans_meet_their_targets(smol):
+    """int4-awq (float recipe layers and head, calibrated on the plays) within +10% (issue 3), on
+    the first 16,000 characters of Hamlet. Plain int4 (INT8 recipe layers and head, the built-in
+    calibration text) measured +20.0% on them: a guard here; issue 19's +20% is asserted on the
+    middle of Hamlet below (+14.0%); BENCHMARKS.md has the first 33,000 and King Lear."""
     _, p = smol
     print(f"SmolLM2 held-out Hamlet perplexity: {p}")
     assert p["int4-awq"] < p["int4"]
-    assert p["int4-awq"] <= 1.10 * p["fp32"]  # the issue's target
+    assert p["int4-awq"] <= 1.10 * p["fp32"]
+    assert p["int4"] <= 1.25 * p["fp32"]
 
 
 def test_smollm2_fp8_within_3pct(smol):
@@ -169,20 +176,26 @@ def test_smollm2_gate_figures_in_manifest(smol):
 
 @pytest.mark.slow
 def test_smollm2_plain_int4_passes_the_default_gate(smollm2_bundle, smollm2_int4_bundle, hamlet_middle):
-    """`ingot build SmolLM2 --quant int4`, no other flag: round to nearest at block 32, the k/v
-    projections float; the gate scores the built-in text (no --calib). Measured: gate +26.0%
-    perplexity, top-1 agreement 0.683; held-out Hamlet 44.97 -> 56.67 (+26.0%)."""
+    """`ingot build SmolLM2 --quant int4`, no other flag: AWQ + GPTQ at block 128 calibrated on the
+    built-in text; the k/v projections, the down projections with the most massive activations
+    (max |x| >= 1000x the median channel's mean |x|) and the LM head INT8, per output channel;
+    nothing fp32 but the embedding table. The gate scores the built-in gate text, which calibration
+    never saw. Measured: see the prints and BENCHMARKS.md, Quantization quality."""
     out = smollm2_int4_bundle
     m = open_bundle(out).manifest
     q, v = m.quantization, m.targets["cpu-x86_64"].verification
-    kv = [n for n, why in q.layers_skipped.items() if "key/value" in why]
-    assert q.block_size == 32 and q.calibration is None and len(kv) == 60 and q.layers_quantized == 150
+    kv = [n for n, why in q.layers_int8.items() if "key/value" in why]
+    massive = {n for n, why in q.layers_int8.items() if "massive activations" in why}
+    assert q.scheme == "int4-awq" and q.block_size == 128 and q.rounding == "gptq" and not q.layers_skipped
+    assert q.calibration.source == "calib_text.txt (built in)" and len(kv) == 60 and "lm_head/MatMul" in q.layers_int8
+    assert {f"model.layers.{i}.mlp.down_proj/MatMul" for i in (2, 11, 28)} <= massive and len(massive) <= 10  # measured 5
+    assert q.layers_quantized + len(q.layers_int8) == 211  # 210 linear layers and the head
     assert v.passed and v.gates == {"max_ppl_increase_pct": 50.0, "min_top1": 0.5} and "built-in gate text" in v.data
-    print(f"SmolLM2 --quant int4 gate: {v.summary()}")
-    assert v.metrics["ppl_increase_pct"] < 30 and v.metrics["top1_agreement"] > 0.65
+    print(f"SmolLM2 --quant int4 gate: {v.summary()}; {len(massive)} massive-activation layers INT8")
+    assert v.metrics["ppl_increase_pct"] < 20 and v.metrics["top1_agreement"] > 0.75
     fp32, int4 = ppl(smollm2_bundle, hamlet_middle), ppl(out, hamlet_middle)
     print(f"SmolLM2 held-out Hamlet (middle) perplexity: fp32 {fp32:.2f}, --quant int4 {int4:.2f}")
-    assert int4 <= 1.30 * fp32
+    assert int4 <= 1.20 * fp32
 
 
 @pytest.mark.parametrize("scheme", ["fp8", "int4", "int4-awq"])
