@@ -219,7 +219,7 @@ def require_calibration(spec, cfg: BuildConfig, calibrated: bool = False) -> Non
     """FP8, int4-awq and a sensitivity search need --calib: refused before any model is loaded
     (int4 on a causal LM, AWQ too, has the built-in text: `calibrated`)."""
     if spec is not None and spec.needs_calibration and cfg.calib is None and not calibrated:
-        raise BuildError(f"--quant {spec.scheme} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
+        raise BuildError(f"--quant {cfg.quant} needs calibration data: pass --calib FILE (.txt, .jsonl or .npz)")
 
 
 def quantize_model(model, spec, loaded: LoadedModel, cfg: BuildConfig, stage, llm=None) -> QuantResult:
