@@ -157,7 +157,9 @@ class BlockManager:
         block.ref_count += 1
 
     def _pop_free(self, count: int) -> list[int]:
-        """Take `count` blocks from the queue head for new data, evicting their cached hashes."""
+        """Take `count` blocks from the queue head for new data, evicting their cached hashes; in
+        ascending order of id, so the blocks a sequence frees (last first) come back in runs of
+        consecutive ids (the cpu runner maps a run of blocks in one call: page_map.py)."""
         assert count <= self.num_free_blocks, (count, self.num_free_blocks)
         block_ids = []
         for _ in range(count):
@@ -169,4 +171,4 @@ class BlockManager:
                 block.hash = None
             block.ref_count = 1
             block_ids.append(block_id)
-        return block_ids
+        return sorted(block_ids)

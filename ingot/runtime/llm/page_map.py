@@ -12,8 +12,10 @@ append lands in the pool block that holds the new token's slot, where the runner
 same rows (kv_cache.write) lands too.
 
 Memory beside the pool: page-table entries and one kernel mapping (VMA) per run of consecutive
-block ids per row, head, layer and k|v; no copy of any K/V. Window pages not mapped to the pool
-are anonymous memory that nothing writes (reads see zeros), reserved with MAP_NORESERVE.
+block ids per row, head, layer and k|v; no copy of any K/V. Window pages never mapped to the
+pool are anonymous memory that nothing writes (reads see zeros), reserved with MAP_NORESERVE;
+a row's blocks past its sequence's length may still show another sequence's blocks, which the
+kernel neither reads nor writes.
 
 Linux only, float32 pools whose blocks are whole pages; `supported` says. A process may hold at
 most vm.max_map_count mappings (65,530 by default): a call that would need more than the budget
@@ -146,7 +148,7 @@ class Region:
 
     def extra(self, row: int, table: list[int]) -> int:
         """Mappings more (or fewer) once row `row` shows `table`."""
-        return self.cost(table) - self._runs[row]
+        return self.cost(self._after(row, table)) - self._runs[row]
 
     @property
     def page_table_bytes_max(self) -> int:
@@ -154,23 +156,25 @@ class Region:
         return self.rows * len(self.names) * self.info.num_kv_heads * self.width * self.info.head_dim * 4 // PAGE * 8
 
     def show(self, row: int, table: list[int]) -> None:
-        """Make row `row` show the pool blocks `table`, in order: only what differs is mapped
-        (a block appended, or the blocks from the first that changed)."""
+        """Make row `row` show the pool blocks `table`, in order, mapping only the blocks whose id
+        differs from what the row shows now. Blocks past `table` keep what they showed: the kernel
+        reads and writes a row only up to its sequence's length, so a stale tail costs nothing but
+        its mappings, and a row is never cleared."""
         have = self.blocks[row]
-        same = next((i for i, (a, b) in enumerate(zip(have, table)) if a != b), min(len(have), len(table)))
-        if same == len(have) == len(table):
+        todo = [i for i, block in enumerate(table) if i >= len(have) or have[i] != block]
+        if not todo:
             return
-        if len(table) < len(have):  # blocks went: back to zeros there (a mapping replaces the rest)
-            self._clear(row, len(table), len(have))
-        self._map(row, table[same:], same)
-        self.blocks[row] = list(table)
+        lib, flags = _lib(), mmap.MAP_SHARED | _MAP_FIXED | mmap.MAP_POPULATE
+        runs = _runs([table[i] for i in todo], todo)
+        for addr, pool in self._spans(row):
+            for (index, block), length in runs:
+                lib.map(addr + index * self.block_bytes, length * self.block_bytes, flags, self.fd, pool + block * self.block_bytes)
+        self.blocks[row] = self._after(row, table)
         self._count(row)
 
-    def clear(self, row: int) -> None:
-        if self.blocks[row]:
-            self._clear(row, 0, len(self.blocks[row]))
-            self.blocks[row] = []
-            self._count(row)
+    def _after(self, row: int, table: list[int]) -> list[int]:
+        """What row `row` shows once it shows `table`: `table`, then its stale tail."""
+        return list(table) + self.blocks[row][len(table):]
 
     def _count(self, row: int) -> None:
         runs = self.cost(self.blocks[row])
@@ -185,24 +189,13 @@ class Region:
                 addr = self.base + w * self.window_bytes + (row * info.num_kv_heads + head) * self.span_bytes
                 yield addr, ((w * info.num_kv_heads) + head) * self.pool_blocks * self.block_bytes
 
-    def _map(self, row: int, table: list[int], start: int) -> None:
-        lib, flags = _lib(), mmap.MAP_SHARED | _MAP_FIXED | mmap.MAP_POPULATE
-        runs = _runs(table)
-        for addr, pool in self._spans(row):
-            for first, length in runs:
-                lib.map(addr + (start + first[0]) * self.block_bytes, length * self.block_bytes, flags, self.fd,
-                        pool + first[1] * self.block_bytes)
 
-    def _clear(self, row: int, start: int, stop: int) -> None:
-        lib, flags = _lib(), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE
-        for addr, _ in self._spans(row):
-            lib.map(addr + start * self.block_bytes, (stop - start) * self.block_bytes, flags)
-
-
-def _runs(table: list[int]) -> list[tuple[tuple[int, int], int]]:
-    """((index in table, first block id), length) of each run of consecutive block ids."""
+def _runs(blocks: list[int], index: list[int] | None = None) -> list[tuple[tuple[int, int], int]]:
+    """((index, first block id), length) of each run of consecutive block ids at consecutive
+    indices (`index`: the indices of `blocks`, by default 0, 1, ...)."""
+    index = list(range(len(blocks))) if index is None else index
     runs: list[tuple[tuple[int, int], int]] = []
-    for i, block in enumerate(table):
+    for i, block in zip(index, blocks):
         if runs and block == runs[-1][0][1] + runs[-1][1] and i == runs[-1][0][0] + runs[-1][1]:
             runs[-1] = (runs[-1][0], runs[-1][1] + 1)
         else:
@@ -214,9 +207,10 @@ class MappedWindows:
     """The runner's windows as views of the pool (see the module doc); the same calls as
     cpu_lowering.Windows, or None where a call would need more mappings than the budget.
 
-    Decode calls keep a row per sequence from one step to the next (a sequence that leaves gives
-    its row to the last row), so a decode step maps only a block a sequence starts, or the rows of
-    sequences that joined. Other calls show their sequences in a second region, rows in call order.
+    Decode calls keep a row per sequence from one step to the next (a joining sequence takes the
+    row of one that left; see _rows), so a decode step maps only a block a sequence starts and the
+    blocks of sequences that joined. Other calls show their sequences in a second region, rows in
+    call order.
     """
 
     def __init__(self, info: LLMInfo, fd: int, pool_blocks: int, budget: int | None = None):
@@ -250,21 +244,35 @@ class MappedWindows:
         assert len(set(ids)) == len(ids), "a sequence twice in one call"
         where = {seq: b for b, seq in enumerate(ids)}
         region = self.decode_rows
-        self._evict(where)
-        resident = {seq: r for r, seq in enumerate(self.seq_ids)}
-        rows = [(resident.get(seq), b) for seq, b in where.items()]
-        new_rows = iter(range(len(self.seq_ids), len(ids)))
-        rows = [(r if r is not None else next(new_rows), b) for r, b in rows]
-        tables = {r: self._table(batch, b) for r, b in rows}
-        extra = sum(region.extra(r, t) for r, t in tables.items())
-        if self.mappings + extra > self.budget:
+        rows = self._rows(where)
+        tables = [self._table(batch, where[seq]) for seq in rows]
+        if self.mappings + sum(region.extra(r, t) for r, t in enumerate(tables)) > self.budget:
             return None
-        for seq, (r, b) in zip(where, rows):
-            if r == len(self.seq_ids):
-                self.seq_ids.append(seq)
-            region.show(r, tables[r])
-        order = np.array([where[seq] for seq in self.seq_ids], np.int64)
+        for r, table in enumerate(tables):
+            region.show(r, table)
+        self.seq_ids = rows
+        order = np.array([where[seq] for seq in rows], np.int64)
         return (order, *self._with_presents(region.views(len(ids))))
+
+    def _rows(self, keep: dict[int, int]) -> list[int]:
+        """The sequence of each decode row for a call of the sequences `keep`: a sequence stays in
+        its row; one that joins takes the row of one that left, else a new row at the end; a row
+        left empty takes the last row's sequence. So in steady serving, where a request starts
+        as another ends, no row moves."""
+        rows = list(self.seq_ids)
+        holes = [r for r, seq in enumerate(rows) if seq not in keep]
+        resident = set(rows)
+        for seq in keep:
+            if seq not in resident:
+                if holes:
+                    rows[holes.pop(0)] = seq
+                else:
+                    rows.append(seq)
+        for r in reversed(holes):  # highest first, so a moved row is never a hole itself
+            last = rows.pop()
+            if r < len(rows):
+                rows[r] = last
+        return rows
 
     def prefill(self, batch: PackedBatch) -> tuple[Arrays, Arrays] | None:
         """Windows and presents for any other call, rows in the call's order; None past the budget."""
@@ -281,20 +289,6 @@ class MappedWindows:
         """The blocks row b's window shows: those of its past and of the call's new tokens,
         where the kernel appends them."""
         return batch.block_tables[b, :blocks_needed(int(batch.context_lens[b]), self.info.kv_block_size)].tolist()
-
-    def _evict(self, keep: dict[int, int]) -> None:
-        """Free the rows of sequences not in `keep`, the last row taking each hole."""
-        region, r = self.decode_rows, 0
-        while r < len(self.seq_ids):
-            if self.seq_ids[r] in keep:
-                r += 1
-                continue
-            last = len(self.seq_ids) - 1
-            if r != last:
-                region.show(r, region.blocks[last])
-                self.seq_ids[r] = self.seq_ids[last]
-            region.clear(last)
-            self.seq_ids.pop()
 
     def _with_presents(self, windows: Arrays) -> tuple[Arrays, Arrays]:
         return windows, {self.presents[name]: array for name, array in windows.items()}

@@ -68,9 +68,10 @@ def test_mapped_windows_give_the_plain_run_logits(wide_bundle):
     steps = [(decode([1, 2, 3], [40, 17, 33]), [1, 2, 3]),  # all three join
              (decode([1, 2, 3], [41, 18, 34]), [1, 2, 3]),  # the same group: nothing mapped
              (pack([[5, 6, 7, 8]], [30], [[11, 12, 13]], bs, [[3]]), None),  # a chunk after a past
-             (decode([3, 1, 4], [35, 42, 20]), [1, 3, 4]),  # 2 leaves (3 moves to its row), 4 joins, new order
+             (decode([3, 1, 4], [35, 42, 20]), [1, 4, 3]),  # 2 leaves, 4 joins in its row, new order
              (pack([[5, 6, 7], [1, 2, 3]], [0, 0], [[14], [15]], bs, [[2], [2]]), None),  # prefills from scratch
-             (decode([3, 1, 4], [47, 42, 31]), [1, 3, 4]),  # 3 enters its third block, 4 its second
+             (decode([3, 1, 4], [47, 42, 31]), [1, 4, 3]),  # 3 enters its third block, 4 its second
+             (decode([1, 3], [43, 45]), [1, 3]),  # 4 leaves: the last row (3) takes its row
              (decode([2], [19]), [2])]  # 2 comes back alone
     for batch, rows in steps:
         plain = backend.run(plan_feeds(batch) | window_feeds(batch, info, runner.kv.caches))
