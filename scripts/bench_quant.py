@@ -34,7 +34,7 @@ PLANS = {
     "int4-b128": ["--quant", "int4-rtn", "--block-size", "128", "--no-kv-float", *OPEN_GATE],  # every layer, block 128
     "int4-b128-head": ["--quant", "int4-rtn", "--block-size", "128", "--no-kv-float", "--quant-lm-head", *OPEN_GATE],
     "int4-awq-float": ["--quant", "int4-awq", "--calib", "{calib}", "--recipe-precision", "float",
-                       "--lm-head-precision", "float"],  # the int4-awq default before: recipe layers and head float
+                       "--lm-head-precision", "float"],  # plain int4-awq, its float recipe layers and head spelled out
     "fp8": ["--quant", "fp8", "--calib", "{calib}"],
     # what each default buys: the same plans with one choice undone
     "int4-b32": ["--quant", "int4", "--block-size", "32"],
