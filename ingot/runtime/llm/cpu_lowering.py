@@ -147,6 +147,18 @@ def gather_past(out: np.ndarray, cache: np.ndarray, table: np.ndarray, past: int
             mode="clip")
 
 
+def window_presents(info: LLMInfo) -> dict[str, str]:
+    """Each layer's and k|v's window (an input), and the kernel's present (an output) that the
+    runner binds to the same array, in layer, k|v order."""
+    return {names.window(layer, kv): names.window_present(layer, kv)
+            for layer in range(info.num_layers) for kv in ("key", "value")}
+
+
+def with_presents(windows: Arrays, presents: dict[str, str]) -> tuple[Arrays, Arrays]:
+    """The windows (inputs), and the kernel's presents (outputs) bound to the same arrays."""
+    return windows, {presents[name]: array for name, array in windows.items()}
+
+
 class Windows:
     """The windows of the runner's plan calls, and the kernel's presents bound to the same arrays.
 
@@ -159,8 +171,7 @@ class Windows:
     def __init__(self, info: LLMInfo):
         self.info = info
         self.names = window_caches(info)
-        self.presents = {names.window(layer, kv): names.window_present(layer, kv)
-                         for layer in range(info.num_layers) for kv in ("key", "value")}
+        self.presents = window_presents(info)
         self.seq_ids: list[int] = []  # the sequence of each decode row
         self.filled: list[int] = []  # tokens each decode row holds
         self.buffers = ReusedArrays([w for w, _, _ in self.names], growth=2)  # decode rows: views of their front
@@ -206,7 +217,7 @@ class Windows:
                 self.filled[r] = past[b]
         fill_windows(self.rows, caches, self.names, stale)
         order = np.array([where[seq] for seq in self.seq_ids], np.int64)
-        return (order, *self._with_presents(self._views(len(ids))))
+        return (order, *with_presents(self._views(len(ids)), self.presents))
 
     def decoded(self) -> None:
         """The decode call ran: each row holds one more token."""
@@ -216,7 +227,7 @@ class Windows:
         """Windows and presents for any other call, each sequence's past gathered from the pool."""
         views = self._prefill.get(window_shape(batch, self.info))
         fill_windows(views, caches, self.names, zip(range(batch.num_seqs), batch.block_tables, batch.past_lens.tolist()))
-        return self._with_presents(views)
+        return with_presents(views, self.presents)
 
     def _evict(self, keep: dict[int, int]) -> None:
         """Free the rows of sequences not in `keep`, moving the last row into each hole."""
@@ -261,7 +272,3 @@ class Windows:
         if views is None:
             views = self._decode_views[num_rows] = {n: a[:num_rows] for n, a in self.rows.items()}
         return views
-
-    def _with_presents(self, windows: Arrays) -> tuple[Arrays, Arrays]:
-        """The windows (inputs), and the kernel's presents (outputs) bound to the same arrays."""
-        return windows, {self.presents[name]: array for name, array in windows.items()}

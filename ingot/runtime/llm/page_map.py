@@ -32,9 +32,9 @@ import weakref
 
 import numpy as np
 
-from ingot.plans import llm as names
 from ingot.plans.llm import LLMInfo, blocks_needed
 from ingot.runtime.llm.batch import PackedBatch
+from ingot.runtime.llm.cpu_lowering import window_presents, with_presents
 
 PAGE = mmap.PAGESIZE
 _MAP_FIXED, _MAP_NORESERVE = 0x10, 0x4000  # Linux (x86-64 and arm64 alike)
@@ -116,7 +116,7 @@ class Region:
         self.width = blocks_needed(info.max_model_len, info.kv_block_size) * info.kv_block_size
         self.span_bytes = self.width * info.head_dim * 4  # one row's head, in one window
         self.window_bytes = rows * info.num_kv_heads * self.span_bytes
-        self.names = [names.window(layer, kv) for layer in range(info.num_layers) for kv in ("key", "value")]
+        self.names = list(window_presents(info))  # window w = layer * 2 + k|v
         self.size = self.window_bytes * len(self.names)
         self.base = _lib().map(None, self.size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
         memory = (ctypes.c_float * (self.size // 4)).from_address(self.base)
@@ -219,8 +219,7 @@ class MappedWindows:
         self.budget = max_mappings() - _RESERVED_MAPPINGS if budget is None else budget
         self.decode_rows = Region(info, info.max_num_seqs, fd, pool_blocks)
         self.other_rows = Region(info, info.max_num_seqs, fd, pool_blocks)
-        self.presents = {names.window(layer, kv): names.window_present(layer, kv)
-                         for layer in range(info.num_layers) for kv in ("key", "value")}
+        self.presents = window_presents(info)
         self.seq_ids: list[int] = []  # the sequence of each decode row
 
     @property
@@ -252,7 +251,7 @@ class MappedWindows:
             region.show(r, table)
         self.seq_ids = rows
         order = np.array([where[seq] for seq in rows], np.int64)
-        return (order, *self._with_presents(region.views(len(ids))))
+        return (order, *with_presents(region.views(len(ids)), self.presents))
 
     def _rows(self, keep: dict[int, int]) -> list[int]:
         """The sequence of each decode row for a call of the sequences `keep`: a sequence stays in
@@ -283,12 +282,9 @@ class MappedWindows:
             return None
         for r, table in enumerate(tables):
             region.show(r, table)
-        return self._with_presents(region.views(batch.num_seqs))
+        return with_presents(region.views(batch.num_seqs), self.presents)
 
     def _table(self, batch: PackedBatch, b: int) -> list[int]:
         """The blocks row b's window shows: those of its past and of the call's new tokens,
         where the kernel appends them."""
         return batch.block_tables[b, :blocks_needed(int(batch.context_lens[b]), self.info.kv_block_size)].tolist()
-
-    def _with_presents(self, windows: Arrays) -> tuple[Arrays, Arrays]:
-        return windows, {self.presents[name]: array for name, array in windows.items()}
