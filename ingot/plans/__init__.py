@@ -17,8 +17,10 @@ from ingot.plans.manifest import (
     FileEntry,
     Manifest,
     ModelInfo,
+    PluginKernel,
     SourceInfo,
     Target,
+    TensorRTInfo,
     TensorSpec,
     TokenizerInfo,
     Verification,
@@ -28,6 +30,6 @@ from ingot.plans.targets import Host, TargetName, detect_host, select_target
 __all__ = [
     "SCHEMA_VERSION", "Bundle", "BundleError", "BundleWriter", "ChecksumError", "DynamicDim",
     "FileEntry", "Host", "IncompatibleBundleError", "Manifest", "ManifestError", "ModelInfo",
-    "NoTargetError", "SourceInfo", "Target", "TargetName", "TensorSpec", "TokenizerInfo",
+    "NoTargetError", "PluginKernel", "SourceInfo", "Target", "TargetName", "TensorRTInfo", "TensorSpec", "TokenizerInfo",
     "Verification", "detect_host", "merge_bundles", "open_bundle", "read_manifest", "select_target",
 ]

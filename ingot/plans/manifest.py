@@ -170,6 +170,32 @@ class Quantization(_Frozen):
     notes: list[str] = []
 
 
+class PluginKernel(_Frozen):
+    """A GPU kernel compiled ahead of time into a TensorRT plan (a Quickly Deployable Plugin's
+    `aot_impl`): which plugin and variant, for which arch, and the sha256 of its PTX/cubin."""
+
+    plugin: str  # "ingot::PagedAttention"
+    kernel: str  # the kernel's entry name in the PTX/cubin
+    variant: str  # what selects it: "head_dim=64,block_size=16,kv=float16,..."
+    compute_capability: str  # "9.0"
+    format: Literal["ptx", "cubin"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class TensorRTInfo(_Frozen):
+    """What a TensorRT plan needs of the machine that loads it; checked before TensorRT sees
+    the plan, so a mismatch is one clear line rather than TensorRT's Error Code 6 or 1."""
+
+    version: str  # TensorRT that built the plan ("11.4.0.106"); plans load only in the same version
+    compute_capability: str  # of the GPU it was built on ("9.0")
+    hardware_compatibility: Literal["none", "ampere-plus"] = "none"  # ampere-plus: loads on sm_80 and newer
+    builder_optimization_level: int = Field(default=3, ge=0, le=5)
+    timing_cache_sha256: str | None = None  # the timing cache the build started from, if any
+    weights_stripped: bool = False  # the plan holds no weights: refit from `refit_source` at load
+    refit_source: str | None = None  # bundle path of the ONNX the weights are refitted from
+    plugins: list[PluginKernel] = []
+
+
 class Target(_Frozen):
     name: str
     device: Literal["cpu", "cuda"]
@@ -181,6 +207,7 @@ class Target(_Frozen):
     session_config: dict[str, str] = {}  # backend session settings the runtime must apply
     files: list[FileEntry]
     verification: Verification | None = None
+    tensorrt: TensorRTInfo | None = None  # backend "tensorrt" only
 
     @model_validator(mode="after")
     def _entrypoint_listed(self) -> Target:
