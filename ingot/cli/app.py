@@ -100,8 +100,9 @@ def build(
     """Build SOURCE into a plan bundle. Atomic: a failed build leaves --output as it was."""
     from ingot.builder.config import build_config
     from ingot.builder.pipeline import build as run_build
-    from ingot.cli.progress import stage
+    from ingot.cli.progress import Timings
 
+    timed = Timings()
     cfg = build_config(
         source=source, output=output, targets=target or ["cpu"], name=name, verify=verify,
         atol=atol, rtol=rtol, opset=opset, dims=_parse_dims(dim), overwrite=overwrite,
@@ -114,14 +115,17 @@ def build(
         max_num_tokens=max_num_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
         kv_block_size=kv_block_size,
     )
-    manifest = run_build(cfg, stage)
+    manifest = run_build(cfg, timed)
     for note in manifest.notes:  # what the build could not do: said on stderr, kept in the manifest
         print(f"warning: {note}", file=sys.stderr, flush=True)
     given = _given(ctx, ("max_ppl_increase", "min_cosine", "min_top1"))
     for line in render.gates_run(manifest, given):  # which gates ran: given ones replace the defaults
         render.err.print(line, soft_wrap=True)
     if json_out:
-        render.print_json({"bundle": str(output), "manifest": manifest.model_dump(mode="json")})
+        from ingot.cli.summary import StageTime, build_summary
+
+        times = [StageTime(stage=name, seconds=s, skipped=why) for name, s, why in timed.stages]
+        render.print_json(build_summary(str(output), manifest, times, timed.total()).model_dump(mode="json"))
     else:
         render.out.print(f"bundle {output}: {manifest.model.id}, targets {', '.join(manifest.targets)}")
 

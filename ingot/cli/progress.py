@@ -40,6 +40,23 @@ def stage(name: str) -> Iterator[_Report]:
         console.print(f"[green]✓[/green] {name} [dim]({time.perf_counter() - start:.1f}s)[/dim]")
 
 
+class Timings:
+    """Wraps a stage function and keeps the time of every stage it ran (`ingot build --json`)."""
+
+    def __init__(self, inner: Callable = stage):
+        self.inner, self.stages, self.start = inner, [], time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[_Report]:
+        start = time.perf_counter()
+        with self.inner(name) as report:
+            yield report
+        self.stages.append((name, round(time.perf_counter() - start, 3), getattr(report, "skipped", None)))
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
 @contextlib.contextmanager
 def bar(what: str) -> Iterator[Callable[[int, int], None]]:
     """A progress bar; yields `count(done, total)`."""

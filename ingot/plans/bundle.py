@@ -193,6 +193,8 @@ def merge_bundles(dest: Path, sources: list[Path], overwrite: bool = False) -> M
                 raise IncompatibleBundleError(f"target {name} is in both {seen[name]} and {b.root} with different files")
             seen[name] = b.root
         merged = merge_manifests(merged, b.manifest, str(b.root))
+    # targets by name: the merged manifest is the same bytes whatever order the builds come in
+    merged = merged.model_copy(update={"targets": dict(sorted(merged.targets.items()))})
     with BundleWriter(dest, overwrite=overwrite) as w:
         for b in bundles:
             shared = b.manifest.tokenizer.files if b.manifest.tokenizer else []
