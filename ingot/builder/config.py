@@ -60,6 +60,19 @@ class BuildConfig(BaseModel):
     max_num_seqs: int = Field(32, ge=1, le=1 << 12)
     max_model_len: int | None = Field(None, ge=2)
     kv_block_size: int = Field(16, ge=1, le=1024)
+    # sm_XY targets (TensorRT): ingot.builder.trt.options
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    hardware_compatibility_level: Literal["none", "ampere-plus"] = "none"
+    strip_weights: bool = False
+    timing_cache: Path | None = None  # a folder: one cache file per arch and TensorRT version
+
+    def tensorrt_options(self):
+        """The TensorRT part, as ingot.builder.trt takes it."""
+        from ingot.builder.trt.options import TensorRTOptions
+
+        return TensorRTOptions(builder_optimization_level=self.builder_optimization_level,
+                               hardware_compatibility=self.hardware_compatibility_level,
+                               strip_weights=self.strip_weights, timing_cache=self.timing_cache)
 
     @field_validator("dims")
     @classmethod

@@ -23,7 +23,7 @@ from ingot.builder.quantize import QuantResult, quant_spec, quantize_model, requ
 from ingot.builder.quiet import quiet
 from ingot.builder.loaded import LoadedModel
 from ingot.builder.sources import load_source
-from ingot.builder.tensorrt import check_tensorrt_target, compile_tensorrt
+from ingot.builder.trt import check_options, check_tensorrt_target, compile_tensorrt, resolve_auto, sm_graph
 from ingot.builder.verify import verify_outputs
 from ingot.plans import SCHEMA_VERSION, BundleWriter, Manifest, ModelInfo, Target, TargetName, TokenizerInfo, detect_host
 from ingot.plans.llm import CPU_LOWERING, LLMInfo
@@ -40,6 +40,7 @@ class _Graphs:
     plan_model: object
     quant: QuantResult | None
     llm: LLMInfo | None = None  # set for paged causal-LM plans
+    contract: object = None  # a paged plan's export before its cpu lowering (what sm targets compile)
 
     def dense(self, run):
         """`run` over a plan as the source model's interface: a paged plan as a dense causal LM."""
@@ -49,12 +50,13 @@ class _Graphs:
 def build(cfg: BuildConfig, stage: Stage = no_progress) -> Manifest:
     """Build `cfg.source` into the bundle at `cfg.output`; returns the written manifest."""
     host = detect_host()
-    targets = [_parse_target(t, host.cpu) for t in dict.fromkeys(cfg.targets)]
+    targets = [_parse_target(resolve_auto(t, host), host.cpu) for t in dict.fromkeys(cfg.targets)]
     spec = quant_spec(cfg)  # a bad --block-size fails before any work
     require_calibration(spec, cfg)
+    check_options(targets, cfg.tensorrt_options(), cfg.quant)
     for t in targets:
         if t.device == "cuda":
-            _check_gpu_target(t, cfg)
+            check_tensorrt_target(t)
     writer = BundleWriter(cfg.output, overwrite=cfg.overwrite)  # refuses a non-bundle folder up front
     with stage("load source"), quiet():
         loaded = load_source(cfg.source, cfg.name)
@@ -65,16 +67,17 @@ def build(cfg: BuildConfig, stage: Stage = no_progress) -> Manifest:
     with stage("export to ONNX"):
         model = export_onnx(loaded, cfg.opset) if hf_model is None else paged.export(hf_model, cfg)
     llm = loaded.llm if hf_model is None else paged.info(hf_model, cfg, loaded.tokenizer)
+    contract = model if hf_model is not None and any(t.device == "cuda" for t in targets) else None
     if hf_model is not None:
         with stage("lower attention for cpu"):
             model = paged.lower(model)
     with stage("clean graph"), quiet():
         model = cleanup(model)
     inputs, outputs = io_specs(model, loaded.dims) if llm is None else paged.dense_specs(loaded, llm)
-    graphs = _Graphs(model, model, None, llm)
+    graphs = _Graphs(model, model, None, llm, contract)
     if spec is not None:
         quant = quantize_model(model, spec, loaded, cfg, stage, llm)
-        graphs = _Graphs(model, quant.model, quant, llm)
+        graphs = _Graphs(model, quant.model, quant, llm, contract)
     with writer:
         built = {}
         for t in targets:
@@ -115,12 +118,6 @@ def _parse_target(text: str, host_cpu: str) -> TargetName:
         raise BuildError(str(e)) from None
 
 
-def _check_gpu_target(t: TargetName, cfg: BuildConfig) -> None:
-    if cfg.quant == "fp8" and int(t.arch.removeprefix("sm_")) < 89:
-        raise BuildError(f"--quant fp8 needs an sm_89 or newer target (FP8 GEMMs); {t.name} has none")
-    check_tensorrt_target(t)
-
-
 def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: BuildConfig, inputs) -> Target:
     if target.device == "cpu":
         config = graphs.quant.report.session_config if graphs.quant else {}
@@ -130,12 +127,9 @@ def _compile(graphs: _Graphs, target: TargetName, writer: BundleWriter, cfg: Bui
         if graphs.llm is None:
             return built
         return built.model_copy(update={"build_options": {**built.build_options, "attention": CPU_LOWERING}})
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:  # TensorRT's parser reads from a file
-        path = Path(tmp) / "model.onnx"
-        onnx.save_model(graphs.plan_model, path, save_as_external_data=True, location="model.onnx.data")
-        return compile_tensorrt(path, target, inputs, writer)
+    # a paged LLM: its sm graph is the plan graph with the attention as the TensorRT plugin (ingot.builder.trt)
+    graph = sm_graph(graphs.plan_model, inputs, graphs.contract, graphs.llm)
+    return compile_tensorrt(graph, target, writer, cfg.tensorrt_options())
 
 
 def _not_verified(cfg: BuildConfig, graphs: _Graphs, loaded: LoadedModel) -> str | None:

@@ -53,6 +53,11 @@ class Quant(str, Enum):
     int4_awq = "int4-awq"
 
 
+class HardwareCompatibility(str, Enum):
+    none = "none"
+    ampere_plus = "ampere-plus"
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
@@ -61,7 +66,7 @@ def build(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="HF model folder, .gguf or .onnx file, or module:function.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to write (or add a target to).")],
-    target: Annotated[list[str], typer.Option("--target", "-t", metavar="<str>", help="cpu (default), cpu-x86_64, sm_90, ... (repeatable).")] = [],  # noqa: B006
+    target: Annotated[list[str], typer.Option("--target", "-t", metavar="<str>", help="cpu (default), cpu-x86_64, sm_90, ..., or auto (this machine's GPU) (repeatable).")] = [],  # noqa: B006
     name: Annotated[str | None, typer.Option(help="Model id recorded in the manifest.")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Compare the plan with the source model.")] = True,
     atol: Annotated[float, typer.Option(help="Verification: absolute tolerance.")] = 1e-4,
@@ -95,6 +100,10 @@ def build(
     max_num_seqs: Annotated[int, typer.Option(help="Paged LLM: sequences per step.")] = 32,
     max_model_len: Annotated[int | None, typer.Option(help="Paged LLM: prompt + output tokens (default min(model, 2048)).")] = None,
     kv_block_size: Annotated[int, typer.Option(help="Paged LLM: tokens per KV-cache block.")] = 16,
+    builder_optimization_level: Annotated[int, typer.Option(help="sm targets: TensorRT's builder optimization level, 0 (fastest build) to 5 (longest tactic search).")] = 3,
+    hardware_compatibility_level: Annotated[HardwareCompatibility, typer.Option(help="sm targets: none (the plan loads on its own arch) or ampere-plus (on sm_80 and newer; slower kernels, no FP8).")] = HardwareCompatibility.none,
+    strip_weights: Annotated[bool, typer.Option("--strip-weights", help="sm targets: a plan without its weights, refitted at load from the ONNX the bundle keeps beside it.")] = False,
+    timing_cache: Annotated[Path | None, typer.Option(help="sm targets: a folder of TensorRT timing caches (one file per arch and TensorRT version), read before the build and written back after it.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build SOURCE into a plan bundle. Atomic: a failed build leaves --output as it was."""
@@ -113,7 +122,9 @@ def build(
         massive_ratio=massive_ratio, keep_sensitive=keep_sensitive, target_cosine=target_cosine, target_top1=target_top1,
         max_ppl_increase=max_ppl_increase, min_cosine=min_cosine, min_top1=min_top1, layout=layout,
         max_num_tokens=max_num_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-        kv_block_size=kv_block_size,
+        kv_block_size=kv_block_size, builder_optimization_level=builder_optimization_level,
+        hardware_compatibility_level=hardware_compatibility_level.value, strip_weights=strip_weights,
+        timing_cache=timing_cache,
     )
     manifest = run_build(cfg, timed)
     for note in manifest.notes:  # what the build could not do: said on stderr, kept in the manifest
