@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,12 +16,15 @@ from ingot.runtime.inputs import check_feeds
 from ingot.runtime.ort_backend import OrtBackend
 from ingot.runtime.tokenizer import TextTokenizer
 
+if TYPE_CHECKING:
+    from ingot.runtime.trt.backend import TrtBackend
+
 
 @dataclass
 class Model:
     bundle: Bundle
     target: Target
-    backend: OrtBackend
+    backend: OrtBackend | TrtBackend
     tokenizer: TextTokenizer | None
 
     @property
@@ -36,6 +40,9 @@ class Model:
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.manifest.llm is None:
             return self.backend.run(feeds)
+        if self.target.backend == "tensorrt":
+            raise RunError(f"the {self.target.name} plan of {self.bundle.root} generates (--prompt) but does not run "
+                           f"dense batches yet (--text, --input, eval); run those with --target {detect_host().cpu}")
         from ingot.runtime.llm.dense import dense_runner
 
         return dense_runner(self.backend.run, self.manifest.llm)(feeds)
@@ -73,18 +80,23 @@ class Model:
 
 
 def load(root: Path, target: str | None = None, host: Host | None = None, threads: int | None = None) -> Model:
-    """Open the bundle at `root` for this machine; checks the sha256 of every file it uses."""
+    """Open the bundle at `root` for this machine; checks the sha256 of every file it uses (and,
+    for an sm target, that this GPU and TensorRT load its plan: ingot.runtime.trt.checks)."""
     bundle = open_bundle(Path(root), verify=False)  # only the files this target uses are checked
     chosen = select_target(bundle.manifest, host or detect_host(), target)
+    if chosen.backend == "tensorrt":
+        from ingot.runtime.trt.backend import open_backend
+
+        backend = open_backend(bundle, chosen)  # the files' checksums first, then this GPU and TensorRT
+        return Model(bundle, chosen, backend, _tokenizer(bundle))
     bundle.verify_target(chosen)
-    if chosen.backend != "onnxruntime":
-        raise RunError(
-            f"target {chosen.name} uses {chosen.backend}, which this runtime cannot execute yet; "
-            f"run the CPU target with --target {(host or detect_host()).cpu} if the bundle has one"
-        )
     problem = lowering_problem(chosen.build_options) if bundle.manifest.llm is not None else None
     if problem:
         raise RunError(f"{root}: {problem}: rebuild the bundle with this version of ingot")
-    tokenizer = TextTokenizer(bundle.root, bundle.manifest.tokenizer) if bundle.manifest.tokenizer else None
-    return Model(bundle, chosen, OrtBackend(bundle.path(chosen.entrypoint), chosen.session_config, threads), tokenizer)
+    return Model(bundle, chosen, OrtBackend(bundle.path(chosen.entrypoint), chosen.session_config, threads),
+                 _tokenizer(bundle))
+
+
+def _tokenizer(bundle: Bundle) -> TextTokenizer | None:
+    return TextTokenizer(bundle.root, bundle.manifest.tokenizer) if bundle.manifest.tokenizer else None
 

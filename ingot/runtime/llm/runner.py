@@ -4,7 +4,7 @@ The engine hands a runner each scheduled step; the runner runs the model on it, 
 step's new K/V into its paged pool and returns the logits of the sequences that sample. How
 it does that (which plan calls, what buffers, which device) is the backend's own business, and
 so is its memory, which it reports itself. The ONNX Runtime runner (ort_runner.py) runs the cpu
-targets; a TensorRT runner for sm targets slots in beside it, in `load_runner`.
+targets; the TensorRT runner (ingot.runtime.trt.runner) runs the sm targets.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def load_runner(bundle: str | Path, *, kv_cache_memory: int | float | str | None
                        "generation needs a causal LM built by this version of ingot")
     if model.tokenizer is None:
         raise RunError(f"{manifest.model.id} has no tokenizer; generation needs one")
+    if model.target.backend == "tensorrt":  # load() checked the plan against this GPU and deserialized it
+        from ingot.runtime.trt.runner import TrtRunner
+
+        return TrtRunner(model, kv_cache_memory)
     from ingot.runtime.llm.ort_runner import OrtRunner  # load() opened an ONNX Runtime target
 
     return OrtRunner(model, kv_cache_memory)
