@@ -44,15 +44,8 @@ def input_shapes(arrays: dict[str, np.ndarray], cache_shape: tuple[int, ...], in
     return {name: tuple(a.shape) for name, a in arrays.items()} | {name: cache_shape for name in cache_names(info)}
 
 
-def max_step_shapes(info: LLMInfo, width: int) -> dict[str, tuple[int, ...]]:
-    """The largest shape of each step input the runner feeds: T and N up to max_num_tokens (every
-    row's logits, as for perplexity), B up to max_num_seqs (a padded decode never exceeds it)."""
-    t, b = info.max_num_tokens, info.max_num_seqs
-    return {names.INPUT_IDS: (t,), names.POSITIONS: (t,), names.LOGITS_INDICES: (t,), names.SLOT_MAPPING: (t,),
-            names.BLOCK_TABLES: (b, width), names.CONTEXT_LENS: (b,), names.QUERY_START_LOC: (b + 1,)}
-
-
-def arena_layout(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype], align: int = 256) -> tuple[dict[str, int], int]:
+def arena_layout(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype],
+                 align: int = 256) -> tuple[dict[str, int], int]:
     """Byte offsets of each tensor of `shapes` in one buffer (each `align`-aligned, as TensorRT expects
     of tensor addresses), and the buffer's size."""
     offsets, end = {}, 0

@@ -3,7 +3,10 @@ allocation, and the refit of a weight-stripped plan.
 
 Imports tensorrt: only the TensorRT runtime imports this module, after checks.py has said that
 the plan loads here. API names: NVIDIA/TensorRT python/src/infer/pyCore.cpp (ICudaEngine,
-IExecutionContext, Refitter) and python/src/parsers/pyOnnx.cpp (OnnxParserRefitter).
+IExecutionContext, Refitter) and python/src/parsers/pyOnnx.cpp (OnnxParserRefitter). The paged
+plan's PagedAttention plugin is an AOT Quickly Deployable Plugin: its kernels are inside the plan,
+and loading it needs no Python definitions (samples/python/quickly_deployable_plugins/README.md,
+"Loading and running a TRT engine containing an AOT plugin").
 """
 
 from __future__ import annotations
@@ -59,9 +62,12 @@ class TrtEngine:
         if dtype is None:
             raise DeviceError(f"{self.label}: tensor {name} is {e.get_tensor_dtype(name)}, which this runtime "
                               "cannot bind; rebuild the plan with this version of ingot")
-        max_shape = tuple(e.get_tensor_profile_shape(name, 0)[2]) if is_input else None
+        shape = tuple(e.get_tensor_shape(name))
+        max_shape = None
+        if is_input:  # a dynamic input's range is optimization profile 0's: (min, opt, max)
+            max_shape = tuple(e.get_tensor_profile_shape(name, 0)[2]) if -1 in shape else shape
         aliased = None if is_input else (e.get_aliased_input_tensor(name) or None)
-        return TensorInfo(name, is_input, np.dtype(dtype), tuple(e.get_tensor_shape(name)), max_shape, aliased)
+        return TensorInfo(name, is_input, np.dtype(dtype), shape, max_shape, aliased)
 
     def _refit(self, onnx: Path) -> None:
         """The weights of a plan built with BuilderFlag.STRIP_PLAN, from the ONNX it was built from

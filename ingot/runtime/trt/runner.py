@@ -16,9 +16,12 @@ inputs are copied in.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ingot.plans import llm as names
+from ingot.plans.llm import blocks_needed
 from ingot.runtime.errors import RunError
 from ingot.runtime.llm.batch import PackedBatch, pack_step
 from ingot.runtime.llm.runner import RunnerMemory
@@ -89,6 +92,9 @@ class TrtRunner:
         itemsize = self.engine.tensors[self.caches[0]].dtype.itemsize
         blocks = pool_blocks(self.info, itemsize, kv_cache_memory, free, gpu)
         self.num_blocks = min(blocks, self.engine.tensors[self.caches[0]].max_shape[1] - 1)  # the plan's limit
+        if self.num_blocks < blocks_needed(self.info.max_model_len, self.info.kv_block_size):
+            raise RunError(f"{self.label} takes KV caches of at most {self.num_blocks} blocks, fewer than one "
+                           f"max_model_len sequence needs: rebuild it with this version of ingot")
         self.layout = pool_layout(self.info, self.num_blocks, itemsize)
         self.pool = cuda.DeviceMemory(self.layout.nbytes, "the KV cache")
         self.pool.zero(self.stream)  # blocks are read only where written; zeros keep stray reads finite
@@ -122,6 +128,8 @@ class TrtRunner:
         size = graph_size(batch, self.sizes)
         if size is not None:
             batch = pad_decode(batch, size, self.layout.padding_block, self.info.kv_block_size)
+        elif rows == 0:  # no sequence samples (prefill chunks): one row's logits, dropped, keeps N >= 1
+            batch = replace(batch, logits_indices=np.zeros(1, np.int64))
         return self.forward(batch, size)[:rows]
 
     def forward(self, batch: PackedBatch, size: int | None = None) -> np.ndarray:
