@@ -41,8 +41,7 @@ class Model:
         if self.manifest.llm is None:
             return self.backend.run(feeds)
         if self.target.backend == "tensorrt":
-            raise RunError(f"the {self.target.name} plan of {self.bundle.root} generates (--prompt) but does not run "
-                           f"dense batches yet (--text, --input, eval); run those with --target {detect_host().cpu}")
+            return self.backend.run_dense(self, feeds)
         from ingot.runtime.llm.dense import dense_runner
 
         return dense_runner(self.backend.run, self.manifest.llm)(feeds)

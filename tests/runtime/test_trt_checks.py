@@ -85,8 +85,8 @@ def test_another_arch(tmp_path):
 
 def test_a_newer_gpu_is_another_arch_too(tmp_path):
     b = sm_bundle(tmp_path / "b", "sm_89", cc="8.9")
-    assert "needs a GPU of compute capability 8.9; this machine's GPU is NVIDIA H100 80GB HBM3 (compute " \
-           "capability 9.0): build a plan for it on this machine (ingot build tiny-llama --target sm_90" in refused(b, H100)
+    assert ("needs a GPU of compute capability 8.9; this machine's GPU is NVIDIA H100 80GB HBM3 (compute capability "
+            "9.0): build a plan for it on this machine (ingot build tiny-llama --target sm_90") in refused(b, H100)
 
 
 def test_hardware_compatible_plan(tmp_path):
@@ -218,3 +218,16 @@ def test_ingot_run_prompt_of_an_sm_only_llm_bundle(tmp_path):
     b = sm_bundle(tmp_path / "b", llm=True)
     assert_user_error(ingot("run", b.root, "--prompt", "hello", timeout=120),
                       "no target for this machine (a x86_64 CPU and no GPU)", "bundle targets: sm_90")
+
+
+def test_importing_the_runtime_imports_no_gpu_package():
+    """`import ingot`, the CPU runtime and the TensorRT runtime's pure modules import neither
+    tensorrt nor cuda-python (nor triton, nor torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ingot, ingot.runtime, ingot.runtime.llm, ingot.runtime.trt.backend, ingot.runtime.trt.graphs, "
+            "ingot.runtime.trt.bindings, ingot.runtime.trt.pool; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'cuda', 'triton', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -12,7 +12,7 @@ from ingot.plans.llm import LLMInfo
 from ingot.runtime.errors import InputError, RunError
 from ingot.runtime.llm.batch import pack_step
 from ingot.runtime.llm.scheduler_output import ScheduledSequence, SchedulerOutput
-from ingot.runtime.trt.bindings import STEP_INPUTS, arena_layout, input_shapes, step_arrays
+from ingot.runtime.trt.bindings import STEP_INPUTS, arena_layout, input_shapes, prefill_chunks, step_arrays
 from ingot.runtime.trt.graphs import capture_sizes, graph_size, is_decode, pad_decode, padding_batch
 from ingot.runtime.trt.pool import block_bytes, pool_blocks, pool_layout
 
@@ -122,6 +122,18 @@ def test_a_padded_decode_binds_the_captured_shapes():
 def test_block_tables_wider_than_the_plan_are_a_bug():
     with pytest.raises(AssertionError):
         step_arrays(pack_step(decode(1), BLOCK), width=1)
+
+
+def test_dense_rows_are_prefilled_in_chunks():
+    """A dense row (perplexity) of 10 tokens in calls of at most 4: each chunk after the first reads
+    the past the earlier ones wrote, in the pool's first blocks, and returns every token's logits."""
+    chunks = prefill_chunks(np.arange(100, 110), chunk=4, block_size=BLOCK)
+    assert [c.input_ids.tolist() for c in chunks] == [[100, 101, 102, 103], [104, 105, 106, 107], [108, 109]]
+    assert [c.positions.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [c.context_lens.tolist() for c in chunks] == [[4], [8], [10]]
+    assert [c.block_tables.tolist() for c in chunks] == [[[0]], [[0, 1]], [[0, 1, 2]]]
+    assert [c.slot_mapping.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [c.logits_indices.tolist() for c in chunks] == [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]]
 
 
 def test_arena_layout():
@@ -281,7 +293,7 @@ def _greedy(runner, prompts):
 
     llm = LLM.from_runner(runner)
     outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
-    return [list(o.outputs[0].token_ids) if hasattr(o, "outputs") else list(o.token_ids) for o in outputs]
+    return [list(o.token_ids) for o in outputs]
 
 
 @pytest.mark.gpu
@@ -305,3 +317,15 @@ def test_paged_plan_generates_what_the_cpu_target_generates(llama_sm_bundle):
     eager = TrtRunner(load(bundle, sm), "8MiB", cuda_graphs=False)
     assert eager.sizes == () and _greedy(eager, prompts) == expected
     eager.close()
+
+
+@pytest.mark.gpu
+def test_paged_plan_perplexity_matches_the_cpu_target(llama_sm_bundle):
+    """Model.run of the sm target (dense rows prefilled in chunks, dense.py) against the cpu target."""
+    from ingot.runtime import load
+
+    bundle, sm = llama_sm_bundle
+    text = "Once upon a time there was a tiny model that ran on a GPU and on a CPU alike. " * 3
+    cpu, gpu = load(bundle, "cpu").perplexity(text, window=64), load(bundle, sm).perplexity(text, window=64)
+    assert gpu.tokens == cpu.tokens
+    assert gpu.perplexity == pytest.approx(cpu.perplexity, rel=1e-2)

@@ -33,6 +33,7 @@ class TrtBackend:
         self.engine = TrtEngine(bundle.path(target.entrypoint).read_bytes(), self.label, refit)
         self.stream = Stream()
         self._context = None  # made at the first run(): an LLM runner makes its own
+        self._dense = None  # a paged plan's DenseRunner (dense.py), made at its first dense run
 
     @property
     def output_names(self) -> list[str]:
@@ -64,7 +65,18 @@ class TrtBackend:
                 b.close()
         return outputs
 
+    def run_dense(self, model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A paged LLM plan's dense logits (dense.py) for `model` (whose backend this is)."""
+        if self._dense is None:
+            from ingot.runtime.trt.dense import DenseRunner
+
+            self._dense = DenseRunner(model)
+        return self._dense(feeds)
+
     def close(self) -> None:
+        if self._dense is not None:
+            self._dense.runner.release()
+            self._dense = None
         self._context = None
         self.engine.close()
         self.stream.close()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ingot.plans import llm as names
-from ingot.plans.llm import LLMInfo
-from ingot.runtime.llm.batch import PackedBatch
+from ingot.plans.llm import LLMInfo, blocks_needed
+from ingot.runtime.llm.batch import PackedBatch, pack
 
 STEP_INPUTS = (names.INPUT_IDS, names.POSITIONS, names.LOGITS_INDICES, names.SLOT_MAPPING, names.BLOCK_TABLES,
                names.CONTEXT_LENS, names.QUERY_START_LOC)
@@ -53,3 +53,15 @@ def arena_layout(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype]
         offsets[name] = end
         end += -(-int(np.prod(shape)) * np.dtype(dtypes[name]).itemsize // align) * align
     return offsets, end
+
+
+def prefill_chunks(ids: np.ndarray, chunk: int, block_size: int) -> list[PackedBatch]:
+    """One sequence of `ids` prefilled from scratch in calls of at most `chunk` tokens, every
+    token's logits wanted; its blocks are the pool's first ones (0, 1, ...), a chunk reading the
+    past the chunks before it wrote."""
+    batches = []
+    for start in range(0, len(ids), chunk):
+        stop = min(len(ids), start + chunk)
+        blocks = list(range(blocks_needed(stop, block_size)))
+        batches.append(pack([ids[start:stop].tolist()], [start], [blocks], block_size, [range(stop - start)]))
+    return batches

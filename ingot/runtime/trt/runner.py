@@ -34,11 +34,13 @@ from ingot.runtime.trt.pool import pool_blocks, pool_layout
 
 
 class TrtRunner:
-    def __init__(self, model: Model, kv_cache_memory: int | float | str | None = None, cuda_graphs: bool = True):
+    def __init__(self, model: Model, kv_cache_memory: int | float | str | None = None, cuda_graphs: bool = True,
+                 logits_rows: int | None = None):
         """`model`: a bundle loaded for an sm target (ingot.runtime.load: checked, plan deserialized)
-        with an LLM plan. `cuda_graphs`: capture decode steps (False: every step runs eagerly)."""
+        with an LLM plan. `cuda_graphs`: capture decode steps (False: every step runs eagerly).
+        `logits_rows`: logits rows a call returns at most (default max_num_seqs: one per sequence)."""
         info = model.manifest.llm
-        assert info is not None and model.tokenizer is not None, model.manifest.model.id
+        assert info is not None, model.manifest.model.id  # generation also needs a tokenizer: load_runner checks it
         self.model, self.info, self.tokenizer = model, info, model.tokenizer
         backend = model.backend
         self.engine, self.stream, self.label = backend.engine, backend.stream, backend.label
@@ -48,7 +50,7 @@ class TrtRunner:
         self.width = tensors[names.BLOCK_TABLES].max_shape[1]  # every call binds tables this wide
         self.dtypes = {name: tensors[name].dtype for name in STEP_INPUTS}
         self.eager = self.engine.context()
-        self._io_buffers()
+        self._io_buffers(logits_rows or info.max_num_seqs)
         self._pool(kv_cache_memory, backend.facts.describe())
         self.eager_addresses = self._addresses()
         self.engine.set_addresses(self.eager, self.eager_addresses)
@@ -73,14 +75,14 @@ class TrtRunner:
         itemsizes = {tensors[name].dtype.itemsize for name in cache_names(self.info)}
         assert len(itemsizes) == 1, f"caches of several dtypes: {itemsizes}"
 
-    def _io_buffers(self) -> None:
+    def _io_buffers(self, logits_rows: int) -> None:
         """One device buffer, and its pinned mirror, for the step inputs (at the plan's largest
-        shapes) and the logits (a row per sequence that samples: at most max_num_seqs)."""
+        shapes) and `logits_rows` rows of logits."""
         tensors, info = self.engine.tensors, self.info
         shapes = {name: tensors[name].max_shape for name in STEP_INPUTS}
         self.max_decode = min(info.max_num_seqs, shapes[names.BLOCK_TABLES][0], shapes[names.INPUT_IDS][0],
                               shapes[names.LOGITS_INDICES][0])
-        self.logits_rows = min(info.max_num_seqs, shapes[names.LOGITS_INDICES][0])
+        self.logits_rows = min(max(logits_rows, self.max_decode), shapes[names.LOGITS_INDICES][0])
         shapes[names.LOGITS] = (self.logits_rows, info.vocab_size)
         self.io_dtypes = self.dtypes | {names.LOGITS: tensors[names.LOGITS].dtype}
         self.offsets, nbytes = arena_layout(shapes, self.io_dtypes)
@@ -162,8 +164,8 @@ class TrtRunner:
         return RunnerMemory(self.layout.nbytes, self.engine.scratch_bytes + self.io.nbytes,
                             "TensorRT's activations and the step's input and logits buffers (GPU)")
 
-    def close(self) -> None:
-        """Release the graphs, the contexts, the pool and the buffers, then the plan."""
+    def release(self) -> None:
+        """Release the graphs, the contexts, the pool and the buffers (not the plan)."""
         self.stream.synchronize()
         for graph in self.graphs.values():
             graph.close()
@@ -171,4 +173,8 @@ class TrtRunner:
         self.pool.close()
         self.io.close()
         self.staging.close()
+
+    def close(self) -> None:
+        """release(), then the plan."""
+        self.release()
         self.model.backend.close()
