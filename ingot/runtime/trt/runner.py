@@ -49,16 +49,21 @@ class TrtRunner:
         self.caches = cache_names(info)
         self.width = tensors[names.BLOCK_TABLES].max_shape[1]  # every call binds tables this wide
         self.dtypes = {name: tensors[name].dtype for name in STEP_INPUTS}
-        self.eager = self.engine.context()
-        self._io_buffers(logits_rows or info.max_num_seqs)
-        self._pool(kv_cache_memory, backend.facts.describe())
-        self.eager_addresses = self._addresses()
-        self.engine.set_addresses(self.eager, self.eager_addresses)
-        self.engine.set_shapes(self.eager, {name: self.layout.cache_shape for name in self.caches})
+        self.io = self.staging = self.pool = None
         self.contexts, self.graphs = {}, {}
-        self.sizes = capture_sizes(self.max_decode) if cuda_graphs else ()
-        for size in self.sizes:
-            self._capture(size)
+        try:
+            self.eager = self.engine.context()
+            self._io_buffers(logits_rows or info.max_num_seqs)
+            self._pool(kv_cache_memory, backend.facts.describe())
+            self.eager_addresses = self._addresses()
+            self.engine.set_addresses(self.eager, self.eager_addresses)
+            self.engine.set_shapes(self.eager, {name: self.layout.cache_shape for name in self.caches})
+            self.sizes = capture_sizes(self.max_decode) if cuda_graphs else ()
+            for size in self.sizes:
+                self._capture(size)
+        except BaseException:
+            self.release()  # what was allocated so far; the plan stays with its backend
+            raise
 
     # ---- load
 
@@ -74,6 +79,11 @@ class TrtRunner:
                            "rebuild it with this version of ingot")
         itemsizes = {tensors[name].dtype.itemsize for name in cache_names(self.info)}
         assert len(itemsizes) == 1, f"caches of several dtypes: {itemsizes}"
+        width = tensors[names.BLOCK_TABLES].max_shape[1]
+        needed = blocks_needed(self.info.max_model_len, self.info.kv_block_size)
+        if width < needed:
+            raise RunError(f"{self.label} takes block tables of {width} blocks, fewer than a max_model_len sequence "
+                           f"needs ({needed}): rebuild it with this version of ingot")
 
     def _io_buffers(self, logits_rows: int) -> None:
         """One device buffer, and its pinned mirror, for the step inputs (at the plan's largest
@@ -170,9 +180,10 @@ class TrtRunner:
         for graph in self.graphs.values():
             graph.close()
         self.graphs, self.contexts, self.eager = {}, {}, None
-        self.pool.close()
-        self.io.close()
-        self.staging.close()
+        for memory in (self.pool, self.io, self.staging):
+            if memory is not None:
+                memory.close()
+        self.pool = self.io = self.staging = None
 
     def close(self) -> None:
         """release(), then the plan."""
