@@ -21,7 +21,7 @@ from ingot.builder.trt.options import TensorRTOptions, compute_capability
 from ingot.builder.trt.plugin import kernel_records, register_plugin
 from ingot.builder.trt.sm_graph import SmGraph
 from ingot.builder.trt.timing_cache import TimingCacheFile, load_cache, save_cache
-from ingot.plans import BundleWriter, Target, TargetName, TensorRTInfo
+from ingot.plans import BundleWriter, PluginKernel, Target, TargetName, TensorRTInfo
 
 _EXTERNAL_DATA_ABOVE = 1 << 30  # protobuf caps one message at 2 GiB (as ingot.builder.cpu)
 
@@ -42,17 +42,26 @@ def compile_tensorrt(graph: SmGraph, target: TargetName, writer: BundleWriter, o
     if cache is not None:
         save_cache(cache.path, bytes(timing.serialize()))
     refit = [f"targets/{target.name}/{p.name}" for p in onnx_files] if options.strip_weights else []
-    info = TensorRTInfo(
-        version=trt.__version__, compute_capability=cc, hardware_compatibility=options.hardware_compatibility,
-        builder_optimization_level=options.builder_optimization_level,
-        timing_cache_sha256=cache.sha256 if cache is not None and started else None,
-        weights_stripped=options.strip_weights, refit_source=refit[0] if refit else None,
-        plugins=kernel_records(graph.model, cc) if graph.plugins else [],
-    )
+    plugins = kernel_records(graph.model, cc) if graph.plugins else []
+    info = tensorrt_info(trt.__version__, target, options, cache if started else None, refit, plugins)
     return Target(
         name=target.name, device="cuda", arch=target.arch, backend="tensorrt", backend_version=trt.__version__,
-        entrypoint=rel, build_options=_build_options(graph, options), files=[writer.entry(f) for f in [rel, *refit]],
+        entrypoint=rel, build_options=build_options(graph, options), files=[writer.entry(f) for f in [rel, *refit]],
         tensorrt=info,
+    )
+
+
+def tensorrt_info(version: str, target: TargetName, options: TensorRTOptions, cache: TimingCacheFile | None,
+                  refit: list[str], plugins: list[PluginKernel]) -> TensorRTInfo:
+    """The target's `tensorrt` record. `cache`: the timing cache the build started from (None: none, or
+    one TensorRT did not accept); `refit`: the bundle paths of the refit ONNX (--strip-weights)."""
+    assert bool(refit) == options.strip_weights, (refit, options)
+    return TensorRTInfo(
+        version=version, compute_capability=compute_capability(target),
+        hardware_compatibility=options.hardware_compatibility,
+        builder_optimization_level=options.builder_optimization_level,
+        timing_cache_sha256=cache.sha256 if cache is not None else None,
+        weights_stripped=options.strip_weights, refit_source=refit[0] if refit else None, plugins=plugins,
     )
 
 
@@ -81,7 +90,8 @@ def _save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
     return [path, path.with_name(path.name + ".data")]
 
 
-def _build_options(graph: SmGraph, options: TensorRTOptions) -> dict:
+def build_options(graph: SmGraph, options: TensorRTOptions) -> dict:
+    """The target's build_options: how it was built, and what the runtime needs of its graph."""
     return {"strongly_typed": True, "builder_optimization_level": options.builder_optimization_level,
             "hardware_compatibility": options.hardware_compatibility, "strip_weights": options.strip_weights,
             **graph.build_options()}
