@@ -141,7 +141,8 @@ def select_target(manifest: Manifest, host: Host, requested: str | None = None) 
     if host.gpus and host.cpu in manifest.targets:
         extra += f"; or run on the CPU with --target {host.cpu}"
     machine = f"a {wanted} GPU" if host.gpus else f"a {host.cpu.removeprefix('cpu-')} CPU and no GPU"
-    raise NoTargetError(f"no target for this machine ({machine}); {_listing(manifest)}; {_hint(manifest, wanted)}{extra}")
+    raise NoTargetError(f"no target for this machine ({machine}); {_listing(manifest)}; "
+                        f"{_hint(manifest, wanted)}{extra}")
 
 
 def _sm_targets(manifest: Manifest) -> list[Target]:
