@@ -278,14 +278,15 @@ def test_plain_plan_runs_behind_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def llama_sm_bundle(tmp_path_factory):
-    """A tiny Llama (head_dim 64, the kernels' smallest) built for the cpu target and this GPU's."""
+    """A tiny Llama (head_dim 64, the kernels' smallest) built for the cpu target and this GPU's:
+    (bundle, sm target, model folder)."""
     sm = _gpu_sm()
     pytest.importorskip("tensorrt")
     from tests import models
     from tests.conftest import built
 
     src = models.make_tiny_llama(tmp_path_factory.mktemp("llama64"), hidden_size=256, num_heads=4)
-    return built(src, tmp_path_factory.mktemp("b") / "llama", "--target", "cpu", "--target", sm), sm
+    return built(src, tmp_path_factory.mktemp("b") / "llama", "--target", "cpu", "--target", sm), sm, src
 
 
 def _greedy(runner, prompts):
@@ -304,7 +305,7 @@ def test_paged_plan_generates_what_the_cpu_target_generates(llama_sm_bundle):
     from ingot.runtime.llm.runner import load_runner
     from ingot.runtime.trt.runner import TrtRunner
 
-    bundle, sm = llama_sm_bundle
+    bundle, sm, _ = llama_sm_bundle
     prompts = ["Once upon a time", "The", "In the beginning the", "A"]
     cpu = load_runner(bundle, target="cpu", kv_cache_memory="8MiB")
     expected = _greedy(cpu, prompts)
@@ -324,8 +325,30 @@ def test_paged_plan_perplexity_matches_the_cpu_target(llama_sm_bundle):
     """Model.run of the sm target (dense rows prefilled in chunks, dense.py) against the cpu target."""
     from ingot.runtime import load
 
-    bundle, sm = llama_sm_bundle
+    bundle, sm, _ = llama_sm_bundle
     text = "Once upon a time there was a tiny model that ran on a GPU and on a CPU alike. " * 3
     cpu, gpu = load(bundle, "cpu").perplexity(text, window=64), load(bundle, sm).perplexity(text, window=64)
     assert gpu.tokens == cpu.tokens
     assert gpu.perplexity == pytest.approx(cpu.perplexity, rel=1e-2)
+
+
+@pytest.mark.gpu
+def test_weight_stripped_hardware_compatible_plan_is_refitted_at_load(llama_sm_bundle, tmp_path):
+    """--strip-weights --hardware-compatibility-level ampere-plus: the checks pass it, the runner
+    refits it from the ONNX beside it (OnnxParserRefitter) and it generates the cpu target's tokens."""
+    from ingot.plans import open_bundle
+    from ingot.runtime.llm.runner import load_runner
+    from tests.conftest import built
+
+    bundle, sm, src = llama_sm_bundle
+    stripped = built(src, tmp_path / "stripped", "--target", sm, "--strip-weights",
+                     "--hardware-compatibility-level", "ampere-plus")
+    record = open_bundle(stripped).manifest.targets[sm].tensorrt
+    assert record.weights_stripped and record.refit_source and record.hardware_compatibility == "ampere-plus"
+    prompts = ["Once upon a time", "The"]
+    cpu = load_runner(bundle, target="cpu", kv_cache_memory="8MiB")
+    expected = _greedy(cpu, prompts)
+    cpu.close()
+    runner = load_runner(stripped, kv_cache_memory="8MiB")
+    assert _greedy(runner, prompts) == expected
+    runner.close()
