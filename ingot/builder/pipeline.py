@@ -23,7 +23,8 @@ from ingot.builder.quantize import QuantResult, quant_spec, quantize_model, requ
 from ingot.builder.quiet import quiet
 from ingot.builder.loaded import LoadedModel
 from ingot.builder.sources import load_source
-from ingot.builder.trt import check_options, check_tensorrt_target, compile_tensorrt, resolve_auto, sm_graph
+from ingot.builder.trt import (check_options, check_paged_options, check_tensorrt_target, compile_tensorrt,
+                               resolve_auto, sm_graph)
 from ingot.builder.verify import verify_outputs
 from ingot.plans import SCHEMA_VERSION, BundleWriter, Manifest, ModelInfo, Target, TargetName, TokenizerInfo, detect_host
 from ingot.plans.llm import CPU_LOWERING, LLMInfo
@@ -63,6 +64,8 @@ def build(cfg: BuildConfig, stage: Stage = no_progress) -> Manifest:
         loaded.dims = apply_dim_ranges(loaded.dims, cfg.dims)
     writer.check_model(_model_info(loaded))  # another model's bundle at --output: refused before export
     hf_model = paged.paged_source(loaded, cfg, targets)
+    if hf_model is not None:
+        check_paged_options(targets, cfg.tensorrt_options())
     notes = [n for n in [paged.unpaged_note(loaded, cfg)] if n is not None and hf_model is None]
     with stage("export to ONNX"):
         model = export_onnx(loaded, cfg.opset) if hf_model is None else paged.export(hf_model, cfg)

@@ -97,6 +97,15 @@ def test_combinations_that_work_pass(targets, options, quant):
     check_options([TargetName.parse(t) for t in targets], options, quant)
 
 
+def test_paged_plans_are_not_hardware_compatible():
+    from ingot.builder.trt import check_paged_options
+
+    with pytest.raises(BuildError, match="ampere-plus: a paged LLM plan embeds its attention kernels compiled for"):
+        check_paged_options([TargetName.parse("sm_90")], TensorRTOptions(hardware_compatibility="ampere-plus"))
+    check_paged_options([TargetName.parse("sm_90")], TensorRTOptions(strip_weights=True))
+    check_paged_options([TargetName.parse("cpu-x86_64")], TensorRTOptions())
+
+
 def test_target_auto_is_the_first_gpu():
     assert resolve_auto("auto", Host("cpu-x86_64", ("sm_90", "sm_80"))) == "sm_90"
     assert resolve_auto(" AUTO ", Host("cpu-x86_64", ("sm_89",))) == "sm_89"
@@ -215,8 +224,8 @@ def test_tensorrt_record_of_a_target(tmp_path):
     path = cache_path(tmp_path, "sm_90", "11.4.0.106")
     save_cache(path, b"cache")
     cache = load_cache(tmp_path, "sm_90", "11.4.0.106")
-    kernel = PluginKernel(plugin="ingot::PagedAttention", kernel="fused_kernel", variant="heads=4/2", compute_capability="9.0",
-                          format="cubin", sha256="0" * 64)
+    kernel = PluginKernel(plugin="ingot::PagedAttention", kernel="fused_kernel", variant="heads=4/2",
+                          compute_capability="9.0", format="cubin", sha256="0" * 64)
     options = TensorRTOptions(builder_optimization_level=4, hardware_compatibility="ampere-plus", strip_weights=True)
     info = tensorrt_info("11.4.0.106", SM90, options, cache, ["targets/sm_90/refit.onnx"], [kernel])
     assert info.model_dump() == {
@@ -224,7 +233,8 @@ def test_tensorrt_record_of_a_target(tmp_path):
         "builder_optimization_level": 4, "timing_cache_sha256": hashlib.sha256(b"cache").hexdigest(),
         "weights_stripped": True, "refit_source": "targets/sm_90/refit.onnx", "plugins": [kernel.model_dump()]}
     plain = tensorrt_info("11.4.0.106", TargetName.parse("sm_89"), TensorRTOptions(), None, [], [])
-    assert (plain.compute_capability, plain.hardware_compatibility, plain.builder_optimization_level) == ("8.9", "none", 3)
+    assert (plain.compute_capability, plain.hardware_compatibility) == ("8.9", "none")
+    assert plain.builder_optimization_level == 3
     assert plain.timing_cache_sha256 is None and not plain.weights_stripped and plain.refit_source is None
 
 

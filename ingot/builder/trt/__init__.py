@@ -10,8 +10,8 @@ check_tensorrt_target.
 
 from ingot.builder.trt.compile import compile_tensorrt
 from ingot.builder.trt.machine import check_tensorrt_target
-from ingot.builder.trt.options import TensorRTOptions, check_options, resolve_auto
+from ingot.builder.trt.options import TensorRTOptions, check_options, check_paged_options, resolve_auto
 from ingot.builder.trt.sm_graph import SmGraph, sm_graph
 
-__all__ = ["SmGraph", "TensorRTOptions", "check_options", "check_tensorrt_target", "compile_tensorrt",
-           "resolve_auto", "sm_graph"]
+__all__ = ["SmGraph", "TensorRTOptions", "check_options", "check_paged_options", "check_tensorrt_target",
+           "compile_tensorrt", "resolve_auto", "sm_graph"]

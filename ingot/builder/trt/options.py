@@ -89,3 +89,13 @@ def _check_ampere_plus(target: TargetName, quant: str) -> None:
     if quant == "fp8":
         raise BuildError("--hardware-compatibility-level ampere-plus with --quant fp8: the plan must load on sm_80, "
                          "which has no FP8 (sm_89 and newer); build one plan per arch (the default level, none)")
+
+
+def check_paged_options(targets: list[TargetName], options: TensorRTOptions) -> None:
+    """The options a paged LLM plan cannot take: its PagedAttention kernels are compiled ahead of
+    time as a cubin for the GPU that builds the plan (ingot.kernels.trt_plugin), which loads on that
+    arch only, so the plan cannot be hardware-compatible."""
+    if options.hardware_compatibility == "ampere-plus" and any(t.device == "cuda" for t in targets):
+        raise BuildError("--hardware-compatibility-level ampere-plus: a paged LLM plan embeds its attention kernels "
+                         "compiled for the GPU it is built on, so it loads on that arch only; build one plan per arch "
+                         "(the default level, none), or pass --layout dense")
