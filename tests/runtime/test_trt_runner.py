@@ -233,10 +233,16 @@ def test_cuda_copies_and_graph_replay():
 
 
 @pytest.mark.gpu
-def test_plain_plan_runs_behind_load(tmp_path):
-    """A MatMul + Relu network built here with TensorRT, in a bundle, run by ingot.runtime.load."""
+@pytest.mark.parametrize("compat", ["none", "ampere-plus"])
+def test_plain_plan_runs_behind_load(tmp_path, compat):
+    """A MatMul + Relu network built here with TensorRT (hardware-compatible or not), in a bundle,
+    run by ingot.runtime.load."""
     sm = _gpu_sm()
     trt = pytest.importorskip("tensorrt")
+    from ingot.plans.targets import compute_capability
+
+    if compat == "ampere-plus" and compute_capability(sm) < (8, 0):
+        pytest.skip("ampere-plus plans need compute capability 8.0 or newer")
     from ingot.plans import SCHEMA_VERSION, BundleWriter, Manifest
     from ingot.runtime import load
 
@@ -254,6 +260,8 @@ def test_plain_plan_runs_behind_load(tmp_path):
     profile = builder.create_optimization_profile()
     profile.set_shape("x", (1, 4), (2, 4), (8, 4))
     config.add_optimization_profile(profile)
+    if compat == "ampere-plus":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     plan = bytes(builder.build_serialized_network(net, config))
     major, minor = sm.removeprefix("sm_")[:-1], sm[-1]
     rel = f"targets/{sm}/model.plan"
@@ -267,7 +275,8 @@ def test_plain_plan_runs_behind_load(tmp_path):
             "targets": {sm: {"name": sm, "device": "cuda", "arch": sm, "backend": "tensorrt",
                              "backend_version": trt.__version__, "entrypoint": rel,
                              "files": [writer.entry(rel).model_dump()],
-                             "tensorrt": {"version": trt.__version__, "compute_capability": f"{major}.{minor}"}}},
+                             "tensorrt": {"version": trt.__version__, "compute_capability": f"{major}.{minor}",
+                                          "hardware_compatibility": compat}}},
         }))
     model = load(tmp_path / "b")
     assert model.target.name == sm
@@ -349,19 +358,19 @@ def test_paged_plan_perplexity_matches_the_cpu_target(llama_sm_bundle):
 
 
 @pytest.mark.gpu
-def test_weight_stripped_hardware_compatible_plan_is_refitted_at_load(llama_sm_bundle, tmp_path):
-    """--strip-weights --hardware-compatibility-level ampere-plus: the checks pass it, the runner
-    refits it from the ONNX beside it (OnnxParserRefitter) and it generates the cpu target's tokens
-    (checked on the cpu target of the first bundle: the same weights)."""
+def test_weight_stripped_plan_is_refitted_at_load(llama_sm_bundle, tmp_path):
+    """--strip-weights: the checks pass it, the runner refits it from the ONNX beside it
+    (OnnxParserRefitter) and it generates the cpu target's tokens (checked on the cpu target of the
+    first bundle: the same weights). A paged plan cannot be hardware-compatible (its kernels are a
+    cubin of the building GPU): the build refuses that."""
     from ingot.plans import open_bundle
     from ingot.runtime.llm.runner import load_runner
     from tests.conftest import built
 
     bundle, sm, src = llama_sm_bundle
-    stripped = built(src, tmp_path / "stripped", "--target", sm, "--strip-weights",
-                     "--hardware-compatibility-level", "ampere-plus")
+    stripped = built(src, tmp_path / "stripped", "--target", sm, "--strip-weights")
     record = open_bundle(stripped).manifest.targets[sm].tensorrt
-    assert record.weights_stripped and record.refit_source and record.hardware_compatibility == "ampere-plus"
+    assert record.weights_stripped and record.refit_source
     runner = load_runner(stripped, kv_cache_memory="8MiB")
     _assert_near_cpu_argmax(bundle, _greedy(runner, ["Once upon a time", "The"]))
     runner.close()
