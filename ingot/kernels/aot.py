@@ -8,7 +8,9 @@ entry name and the PTX or cubin) and what the manifest records (its sha256). Lau
 kernel (the plugin's):
 - grid: (num_tokens, num_kv_heads, 1), from the inputs' shapes;
 - block: (num_warps * 32, 1, 1), exactly: the PTX says `.reqntid`;
-- dynamic shared memory: `shared_mem` bytes;
+- dynamic shared memory: `shared_mem` bytes, at most 48 KiB (SHARED_DEFAULT): more needs the launcher to
+  opt in (cuFuncSetAttribute), which TensorRT's plugin launch is not known to do, so a compile that
+  needs more is redone with fewer pipeline stages;
 - arguments: `args` in order, pointers as device addresses and scalars as int32; triton 3.x adds two
   trailing pointers (`hidden`: its global and its profile scratch). Both sizes are 0 here (checked),
   so the kernel never reads them: pass null (0), as triton's own launcher and its AOT tool
@@ -22,6 +24,7 @@ or cubin: a variant compiles to the same bytes anywhere (with the same triton).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import tempfile
@@ -33,6 +36,7 @@ from ingot.kernels.variant import TRITON_TYPES, Variant, kernel_constants
 
 NUM_WARPS = 4
 NUM_STAGES = 2
+SHARED_DEFAULT = 48 * 1024  # dynamic shared memory a launch gets without opting in
 # The fused kernel's runtime arguments (triton_kernels.fused_kernel), in order: the TensorRT plugin's
 # inputs, the int32 scalars it derives from their shapes, its outputs; then triton's two scratch pointers.
 FUSED_INPUTS = ("query", "key", "value", "key_cache", "value_cache", "slot_mapping", "block_tables", "context_lens",
@@ -131,7 +135,7 @@ def compile_kernels(requests: list[Request]) -> list[CompiledKernel]:
         _check(r)
     if knobs.runtime.interpret:
         return _compile_in_child(requests)
-    return [_compile(r) for r in requests]
+    return [_compile_within_default_shared(r) for r in requests]
 
 
 def _check(r: Request) -> None:
@@ -141,6 +145,17 @@ def _check(r: Request) -> None:
         raise KernelError(f"no kernel {r.kernel!r}; the kernels are {sorted(KERNELS)}")
     if r.variant.kv_dtype == "float8_e4m3fn" and r.cc < 89:
         raise KernelError(f"an fp8 (e4m3) KV pool needs compute capability 8.9 or newer; asked for {r.cc / 10:.1f}")
+
+
+def _compile_within_default_shared(r: Request) -> CompiledKernel:
+    """Fewer pipeline stages until the kernel needs no more than SHARED_DEFAULT of shared memory."""
+    compiled = _compile(r)
+    while compiled.shared_mem > SHARED_DEFAULT and compiled.num_stages > 1:
+        compiled = _compile(dataclasses.replace(r, num_stages=compiled.num_stages - 1))
+    if compiled.shared_mem > SHARED_DEFAULT:
+        raise KernelError(f"{r.kernel} of {r.variant.key} needs {compiled.shared_mem} bytes of shared memory even "
+                          f"unpipelined, more than the {SHARED_DEFAULT} a launch gets without opting in")
+    return compiled
 
 
 def _compile(r: Request) -> CompiledKernel:

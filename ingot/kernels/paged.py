@@ -26,18 +26,21 @@ if TYPE_CHECKING:
 Kernel = Literal["auto", "fused", "decode", "split", "prefill"]
 
 MAX_SPLITS = 64
-MIN_SPLIT_TOKENS = 256  # a split reads at least this many tokens, or its overhead outweighs what it adds
+MIN_SPLIT_TOKENS = 128  # a split reads at least this many tokens, or its share of the merge outweighs it
+PROGRAMS_PER_SM = 4  # split until about this many programs per SM are in flight (latency hiding)
 DEFAULT_SMS = 132  # an H100/H200, when the device cannot say (the interpreter)
 
 
 def decode_splits(num_seqs: int, num_kv_heads: int, max_context: int, num_sms: int = DEFAULT_SMS) -> int:
-    """How many splits of the context a decode launch uses: 1 when (sequence, KV head) programs
-    already fill the machine; else enough for about two programs per SM, each split reading at
-    least MIN_SPLIT_TOKENS tokens of the longest context, at most MAX_SPLITS."""
+    """How many splits of the context a decode launch uses: 1 when its (sequence, KV head) programs
+    already number one per SM or more; else enough for about PROGRAMS_PER_SM per SM, each split
+    reading at least MIN_SPLIT_TOKENS tokens of the longest context, at most MAX_SPLITS. (On an
+    H200, gpu-anchors.md's best splits for 32 query / 8 KV heads: batch 1 x 8192 tokens 64, 16 x
+    512 4, 16 x 2048 and 16 x 8192 5, batch 64 none; this gives 64, 4, 5, 5 and 1.)"""
     programs = num_seqs * num_kv_heads
     if programs >= num_sms:
         return 1
-    want = -(-2 * num_sms // programs)
+    want = -(-PROGRAMS_PER_SM * num_sms // programs)
     return max(1, min(want, max_context // MIN_SPLIT_TOKENS, MAX_SPLITS))
 
 

@@ -29,7 +29,7 @@ reads them, but whether TensorRT's launch tolerates the two missing parameters i
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ingot.kernels.aot import compile_kernel, compile_kernels, Request, capability
+from ingot.kernels.aot import Request, capability, compile_kernel, compile_kernels
 from ingot.kernels.errors import KernelError
 from ingot.kernels.variant import Variant
 
@@ -63,7 +63,7 @@ def register() -> None:
 def _define(trtp) -> None:
     """The plugin's definitions. Annotations are evaluated here (no `from __future__ import annotations`
     in this module): trtp reads them to tell tensors from attributes."""
-    from typing import Tuple  # noqa: UP035 - trtp's samples annotate with typing's generics
+    from typing import Tuple  # as trtp's samples annotate
 
     @trtp.register(PLUGIN)
     def _shapes(query: trtp.TensorDesc, key: trtp.TensorDesc, value: trtp.TensorDesc, key_cache: trtp.TensorDesc,
@@ -86,14 +86,15 @@ def _define(trtp) -> None:
              value_cache: trtp.TensorDesc, slot_mapping: trtp.TensorDesc, block_tables: trtp.TensorDesc,
              context_lens: trtp.TensorDesc, query_start_loc: trtp.TensorDesc, num_heads: int, num_kv_heads: int,
              scale: float, sliding_window: int, softcap: float, outputs: Tuple[trtp.TensorDesc], tactic: int):
-        variant = Variant(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=_static(query, 2),
+        # attributes arrive as TensorRT's plugin fields deserialized them (floats from the ONNX float32s)
+        variant = Variant(num_heads=int(num_heads), num_kv_heads=int(num_kv_heads), head_dim=_static(query, 2),
                           block_size=_static(key_cache, 2), scale=float(scale), dtype=_dtype(query),
                           kv_dtype=_dtype(key_cache), index_dtype=_dtype(slot_mapping),
                           sliding_window=int(sliding_window), softcap=float(softcap))
         compiled = compile_kernel(KERNEL, variant, _builder_capability())
         launch = trtp.KernelLaunchParams()
         launch.grid_x = query.shape_expr[0]  # one program per token
-        launch.grid_y = num_kv_heads  # and per KV head
+        launch.grid_y = int(num_kv_heads)  # and per KV head
         launch.block_x = compiled.threads
         launch.shared_mem = compiled.shared_mem
         scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (
