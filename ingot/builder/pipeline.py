@@ -51,7 +51,8 @@ class _Graphs:
 def build(cfg: BuildConfig, stage: Stage = no_progress) -> Manifest:
     """Build `cfg.source` into the bundle at `cfg.output`; returns the written manifest."""
     host = detect_host()
-    targets = [_parse_target(resolve_auto(t, host), host.cpu) for t in dict.fromkeys(cfg.targets)]
+    parsed = [_parse_target(resolve_auto(t, host), host.cpu) for t in cfg.targets]
+    targets = list({t.name: t for t in parsed}.values())  # auto may name a target given too
     spec = quant_spec(cfg)  # a bad --block-size fails before any work
     require_calibration(spec, cfg)
     check_options(targets, cfg.tensorrt_options(), cfg.quant)

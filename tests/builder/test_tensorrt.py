@@ -17,7 +17,7 @@ from onnx.reference.op_run import OpRun
 
 from ingot.builder.errors import BuildError
 from ingot.builder.trt import TensorRTOptions, check_options, resolve_auto, sm_graph
-from ingot.builder.trt.compile import build_options, tensorrt_info
+from ingot.builder.trt.compile import build_options, save_onnx, tensorrt_info
 from ingot.builder.trt.options import compute_capability
 from ingot.builder.trt.paged_graph import attention_nodes, unlowered
 from ingot.builder.trt.plugin import plugin_variants
@@ -398,6 +398,19 @@ def test_quantized_plan_keeps_its_qdq_and_its_logits(lowered, contract, hf):
     info = _llm()
     cpu = run_calls(batch, lambda sub: run(plan_feeds(sub) | window_feeds(sub, info, caches))[names.LOGITS])
     assert np.abs(logits - cpu).max() <= 1e-3 * np.abs(cpu).max()  # measured 1.2e-4 of 0.55
+
+
+def test_refit_onnx_is_saved_whole_or_with_its_data_file(plugin, tmp_path):
+    before = plugin.SerializeToString()
+    assert save_onnx(plugin, tmp_path / "a" / "refit.onnx") == [tmp_path / "a" / "refit.onnx"]
+    files = save_onnx(plugin, tmp_path / "b" / "refit.onnx", external_above=1000)
+    assert files == [tmp_path / "b" / "refit.onnx", tmp_path / "b" / "refit.onnx.data"]
+    assert plugin.SerializeToString() == before, "the caller's graph keeps its weights"
+    assert files[0].stat().st_size < 100_000 < files[1].stat().st_size
+    for folder in ("a", "b"):
+        loaded = onnx.load(tmp_path / folder / "refit.onnx")
+        assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in loaded.graph.initializer} == \
+            {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in plugin.graph.initializer}
 
 
 def test_plugin_graph_leaves_its_input_alone(lowered, contract):

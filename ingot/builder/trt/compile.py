@@ -35,7 +35,7 @@ def compile_tensorrt(graph: SmGraph, target: TargetName, writer: BundleWriter, o
         register_plugin()
     with tempfile.TemporaryDirectory() as tmp:  # TensorRT's parser reads a file
         folder = writer.path(f"targets/{target.name}") if options.strip_weights else Path(tmp)
-        onnx_files = _save_onnx(graph.model, folder / ("refit.onnx" if options.strip_weights else "model.onnx"))
+        onnx_files = save_onnx(graph.model, folder / ("refit.onnx" if options.strip_weights else "model.onnx"))
         plan, timing, started = _build(trt, graph, onnx_files[0], target, options, cache)
     rel = f"targets/{target.name}/model.plan"
     writer.path(rel).write_bytes(plan)
@@ -78,10 +78,10 @@ def _build(trt, graph: SmGraph, onnx_path: Path, target: TargetName, options: Te
     return bytes(plan), config.get_timing_cache() or timing, started
 
 
-def _save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
+def save_onnx(model: onnx.ModelProto, path: Path, external_above: int = _EXTERNAL_DATA_ABOVE) -> list[Path]:
     """`model` at `path` (and its weights in `path.data` when too large for one file); the files written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() <= _EXTERNAL_DATA_ABOVE:
+    if model.ByteSize() <= external_above:
         onnx.save_model(model, path)
         return [path]
     copy = onnx.ModelProto()  # saving moves the weights out of the proto it writes: not out of the caller's
