@@ -100,7 +100,8 @@ def run_tests(device: str) -> dict:
                           cwd=REPO, env=env, capture_output=True, text=True)
     print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    return {"returncode": proc.returncode, "summary": lines[-1] if lines else "", "seconds": time.perf_counter() - start}
+    return {"returncode": proc.returncode, "summary": lines[-1] if lines else "",
+            "seconds": time.perf_counter() - start}
 
 
 # ---- timing
@@ -192,7 +193,8 @@ def paged_batch(device: str, past: list[int], new: list[int], shapes: dict, seed
     def randn(*s):
         return torch.randn(*s, device=device, dtype=dtype)
 
-    return {"query": randn(tokens, shapes["heads"], dim), "key": randn(tokens, kv, dim), "value": randn(tokens, kv, dim),
+    return {"query": randn(tokens, shapes["heads"], dim), "key": randn(tokens, kv, dim),
+            "value": randn(tokens, kv, dim),
             "key_cache": randn(kv, sum(need), block, dim), "value_cache": randn(kv, sum(need), block, dim),
             "slot_mapping": slots.to(device), "block_tables": tables.to(device),
             "context_lens": torch.tensor([p + n for p, n in zip(past, new)], dtype=torch.int32, device=device),
@@ -268,7 +270,8 @@ def markdown(r: dict) -> str:
     lines += ["", "| sequences x new (past) | prefill µs | TFLOP/s | fused µs | SDPA µs |", "|---|---|---|---|---|"]
     for p in r["prefill"]:
         lines.append(f"| {p['seqs']} x {p['new']} ({p['past']}) | {p['prefill_s'] * 1e6:,.1f} | "
-                     f"{p['flops'] / p['prefill_s'] / 1e12:.1f} | {p['fused_s'] * 1e6:,.1f} | {p['sdpa_s'] * 1e6:,.1f} |")
+                     f"{p['flops'] / p['prefill_s'] / 1e12:.1f} | {p['fused_s'] * 1e6:,.1f} | "
+                     f"{p['sdpa_s'] * 1e6:,.1f} |")
     return "\n".join(lines)
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tests.kernels.cpu_plan import run_cpu_plan
+from tests.kernels.launch import run
 from tests.kernels.reference import make_case
-from tests.kernels.test_paged_attention import run
 
 CASES = {
     # chunks mid-sequence (one from a block boundary), a prefill from scratch, a decode; 4-token blocks

@@ -13,39 +13,10 @@ import numpy as np
 import pytest
 
 from tests.kernels.conftest import DTYPES
+from tests.kernels.launch import rounded, run
 from tests.kernels.reference import Case, attention, make_case, write_kv
 
 ATOL = {"float32": 1e-5, "float16": 3e-3, "bfloat16": 2e-2}
-
-
-def run(case: Case, kernel: str, device: str, dtype: str = "float32", kv_dtype: str | None = None, **kw):
-    """The kernel on torch copies of `case`: (out, key_cache, value_cache) as float64 numpy."""
-    import torch
-
-    from ingot.kernels import paged_attention
-
-    def tensor(a, dt):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=getattr(torch, dt))
-
-    kv = kv_dtype or dtype
-    scales = {"k_scale": kw.pop("k_scale", None), "v_scale": kw.pop("v_scale", None)}
-    caches = [tensor(c / (scales[s] or 1.0), kv) for c, s in ((case.key_cache, "k_scale"), (case.value_cache, "v_scale"))]
-    index = kw.pop("index_dtype", "int64")
-    meta = [tensor(m, index) for m in (case.slot_mapping, case.block_tables, case.context_lens, case.query_start_loc)]
-    out = paged_attention(tensor(case.query, dtype), tensor(case.key, dtype), tensor(case.value, dtype), *caches, *meta,
-                          num_heads=case.query.shape[1], num_kv_heads=case.key.shape[1], kernel=kernel, **scales, **kw)
-    back = [c.to(torch.float64).cpu().numpy() * (scales[s] or 1.0) for c, s in zip(caches, ("k_scale", "v_scale"))]
-    return out.to(torch.float64).cpu().numpy(), back[0], back[1]
-
-
-def rounded(case: Case, dtype: str) -> Case:
-    """`case` with its float arrays rounded to `dtype` (what the kernel sees), as float64."""
-    import torch
-
-    def r(a):
-        return a if a.dtype.kind != "f" else torch.from_numpy(a).to(getattr(torch, dtype)).double().numpy()
-
-    return Case(**{f.name: r(getattr(case, f.name)) for f in dataclasses.fields(case)})
 
 
 def check(case: Case, kernel: str, device: str, dtype: str = "float32", *, num_splits: int | None = None,
