@@ -37,6 +37,9 @@ import triton
 import triton.language as tl
 
 _LOG2E = tl.constexpr(1.4426950408889634)
+# int arguments that vary from call to call: not specialized on (== 1, divisible by 16), so a JIT launch
+# compiles once per variant, like the ahead-of-time compiles (aot.py) that take them as plain int32
+_RUNTIME_INTS = ["num_seqs", "max_blocks", "num_blocks"]
 _FP8_MAX = tl.constexpr(448.0)  # largest finite float8 e4m3fn
 
 
@@ -172,7 +175,7 @@ def _window_start(qpos, SLIDING_WINDOW: tl.constexpr):
     return qpos * 0
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "num_blocks"])
 def write_kv_kernel(key, value, slot_mapping, query_start_loc, num_seqs, key_cache, value_cache, num_blocks,
                     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                     K_SCALE: tl.constexpr, V_SCALE: tl.constexpr, KV_HEADS_PAD: tl.constexpr, D_PAD: tl.constexpr):
@@ -191,7 +194,7 @@ def write_kv_kernel(key, value, slot_mapping, query_start_loc, num_seqs, key_cac
                  V_SCALE)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def prefill_kernel(query, key, value, key_cache, value_cache, block_tables, context_lens, query_start_loc,
                    num_seqs, max_blocks, num_blocks, out,
                    NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -230,7 +233,7 @@ def prefill_kernel(query, key, value, key_cache, value_cache, block_tables, cont
     _store_rows(out, q_rows, valid, offs_d, acc / l_i[:, None], HEAD_DIM, 1.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_blocks", "num_blocks"])
 def decode_kernel(query, key_cache, value_cache, block_tables, context_lens, query_start_loc, max_blocks, num_blocks,
                   out, part_m, part_l, part_acc,
                   NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -271,7 +274,7 @@ def decode_kernel(query, key_cache, value_cache, block_tables, context_lens, que
         _store_rows(out, t.to(tl.int64) * NUM_HEADS + heads, valid, offs_d, acc / l_i[:, None], HEAD_DIM, 1.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def merge_kernel(query_start_loc, part_m, part_l, part_acc, num_splits, out,
                  NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr, D_PAD: tl.constexpr):
     """Head `head` of sequence b's decode token from its num_splits partials (flash-decoding's reduction)."""
@@ -292,7 +295,7 @@ def merge_kernel(query_start_loc, part_m, part_l, part_acc, num_splits, out,
     tl.store(dst, row.to(out.dtype.element_ty), mask=offs_d < HEAD_DIM)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_RUNTIME_INTS)
 def fused_kernel(query, key, value, key_cache, value_cache, slot_mapping, block_tables, context_lens, query_start_loc,
                  num_seqs, max_blocks, num_blocks,
                  out, key_cache_out, value_cache_out,

@@ -106,3 +106,16 @@ def test_the_plugin_registers_with_tensorrt():
     register()
     register()  # idempotent
     assert trtp.op.ingot.PagedAttention is not None
+
+
+def test_importing_the_package_loads_no_gpu_stack():
+    """`import ingot.kernels` (and its aot and plugin modules) imports neither torch, triton nor tensorrt."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys, ingot, ingot.kernels, ingot.kernels.aot, ingot.kernels.trt_plugin; "
+            "print(sorted(m for m in ('torch', 'triton', 'tensorrt') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
