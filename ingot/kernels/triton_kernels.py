@@ -25,10 +25,11 @@ The kernels:
   another one writes, so one launch serves a mixed batch: the TensorRT plugin's kernel. Rows past
   query_start_loc[B] (padding) get zeros.
 
-An fp8 (e4m3) pool stores K/V divided by K_SCALE/V_SCALE (per tensor) and saturated to +-448.
+An fp8 (e4m3) pool stores K/V divided by K_SCALE/V_SCALE (per tensor), saturated to +-448 and rounded
+to nearest even; reads multiply the scale back.
 
 Everything here is @triton.jit code only: ingot.kernels.paged launches it, ingot.kernels.aot compiles
-it ahead of time (and loads a copy of this module with the interpreter off when tests run it on).
+it ahead of time (in a child process with the interpreter off, when the tests run it on).
 """
 
 from __future__ import annotations
