@@ -50,14 +50,16 @@ def test_decode_batch(kernel, dtype, device):
 
 
 @pytest.mark.parametrize("kernel", ["fused", "prefill", "decode", "split"])
-def test_gqa_head_dim_64_and_128(kernel, device):
-    """Four query heads per KV head at head_dim 64, two at 128; 16-token blocks."""
+def test_gqa_head_dims_64_128_256(kernel, device):
+    """Four query heads per KV head at head_dim 64, two at 128, Gemma's 256 at 32-token blocks."""
     new = [1, 1] if kernel in ("decode", "split") else [5, 2]
     extra = {"num_splits": 2} if kernel == "split" else {}
     check(make_case([20, 40], new, heads=8, kv_heads=2, head_dim=64, block_size=16, seed=3), kernel, device,
           scale=0.125, **extra)
     check(make_case([33], new[:1], heads=2, kv_heads=1, head_dim=128, block_size=16, seed=4), kernel, device,
           scale=0.088, **extra)
+    check(make_case([40], new[:1], heads=2, kv_heads=1, head_dim=256, block_size=32, seed=9), kernel, device,
+          scale=0.0625, **extra)
 
 
 @pytest.mark.parametrize("kernel", ["fused", "prefill", "decode", "split"])
