@@ -26,6 +26,7 @@ Never run here (no TensorRT on these machines): triton 3.x kernels end with two 
 reads them, but whether TensorRT's launch tolerates the two missing parameters is unverified.
 """
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -91,7 +92,7 @@ def _define(trtp) -> None:
                           block_size=_static(key_cache, 2), scale=float(scale), dtype=_dtype(query),
                           kv_dtype=_dtype(key_cache), index_dtype=_dtype(slot_mapping),
                           sliding_window=int(sliding_window), softcap=float(softcap))
-        compiled = compile_kernel(KERNEL, variant, _builder_capability())
+        compiled = _compiled(variant, _builder_capability())
         launch = trtp.KernelLaunchParams()
         launch.grid_x = query.shape_expr[0]  # one program per token
         launch.grid_y = int(num_kv_heads)  # and per KV head
@@ -100,6 +101,13 @@ def _define(trtp) -> None:
         scalars = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (
             context_lens.shape_expr[0], block_tables.shape_expr[1], key_cache.shape_expr[1])])  # fused: FUSED_SCALARS
         return compiled.name.encode(), compiled.cubin, launch, scalars
+
+
+@functools.cache
+def _compiled(variant: Variant, cc: int):
+    """The fused kernel of `variant`, compiled once per build process: TensorRT asks every plugin node
+    (every layer), for every type combination it tries, and a compile takes seconds."""
+    return compile_kernel(KERNEL, variant, cc)
 
 
 def _static(desc, dim: int) -> int:
