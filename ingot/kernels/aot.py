@@ -19,7 +19,7 @@ kernel (the plugin's):
 With the interpreter on (TRITON_INTERPRET=1, as the CPU tests run) every @triton.jit function of the
 process, tl.sum among them, is an interpreted one that triton cannot compile: the compile then runs in
 a child process with it off. Built with the line info off, so no path of this checkout is in the PTX
-or cubin: a variant compiles to the same bytes anywhere (with the same triton).
+or cubin; two compiles of a variant (in two processes) give the same bytes, with the same triton.
 """
 
 from __future__ import annotations
