@@ -85,8 +85,9 @@ ALL = ingot_lines([block for blocks in sections().values() for block in blocks])
 
 
 def not_run_here(line: str) -> bool:
+    """Serving (it runs until stopped), a client of a server, and a line marked `# on a GPU`."""
     args = argv(line)
-    return args[0] == "serve" or "--url" in args
+    return args[0] == "serve" or "--url" in args or line.rstrip().endswith("# on a GPU")
 
 
 def test_the_readme_has_commands():
@@ -108,9 +109,11 @@ def test_quick_start_is_what_the_demo_runs():
 
 
 def test_serve_lines_use_options_the_serve_tests_run():
-    """What this file does not run: every option of these lines is given by tests/serve or the demo."""
-    sources = DEMO.read_text(encoding="utf-8") + "".join(
-        p.read_text(encoding="utf-8") for p in (REPO / "tests" / "serve").glob("*.py"))
+    """What this file does not run: every option of these lines is given by tests/serve, the GPU
+    path's tests (tests/builder/test_tensorrt.py, tests/runtime/test_trt_*.py) or the demo."""
+    tests = [*(REPO / "tests" / "serve").glob("*.py"), REPO / "tests" / "builder" / "test_tensorrt.py",
+             *(REPO / "tests" / "runtime").glob("test_trt_*.py")]
+    sources = DEMO.read_text(encoding="utf-8") + "".join(p.read_text(encoding="utf-8") for p in tests)
     for line in filter(not_run_here, ALL):
         for arg in argv(line):
             if arg.startswith("--"):
