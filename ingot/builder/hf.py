@@ -7,9 +7,11 @@ sentence-transformers pooling config), classifiers and causal LMs give `logits`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -53,14 +55,41 @@ def load_hf_folder(folder: Path) -> LoadedModel:
     return _wrap(model, kind, tokenizer, source, model_id, pooling=_pooling(folder))
 
 
+@contextlib.contextmanager
+def gguf_read_once() -> Iterator[None]:
+    """Within this block, one parse of each GGUF file serves every reader of it.
+
+    transformers reads a GGUF's metadata three times, for the config, the tokenizer and the
+    weights (`load_gguf_checkpoint` makes a `gguf.GGUFReader` each time), and a parse walks every
+    field part in Python: Gemma 3's 262,144-token vocabulary takes ~25 s a parse, three times the
+    dequantization of its weights. The reader memory-maps the file read-only, so sharing it is
+    safe; transformers imports the name inside the function, so replacing it here takes effect."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def shared(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def load_gguf(path: Path) -> LoadedModel:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = quiet_transformers()
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, gguf_file=path.name, dtype="float32"
-        ).eval()
+        with gguf_read_once():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype="float32"
+            ).eval()
     except Exception as e:
         raise SourceError(f"cannot read GGUF file {path}: {type(e).__name__}: {first_line(e)}") from e
     source = SourceInfo(type="gguf", name=path.name, sha256=sha256_file(path))

@@ -93,3 +93,19 @@ def test_bad_dim_override(tiny_cnn_py, tmp_path):
     with pytest.raises(BuildError, match="--dim sequence: no such dynamic dim.*batch"):
         build(f"{tiny_cnn_py}:model", tmp_path / "o", dims={"sequence": (1, 8)})
     assert ingot("build", f"{tiny_cnn_py}:model", "--dim", "batch", "-o", tmp_path / "o").returncode == 2  # usage
+
+
+@pytest.mark.real
+def test_a_gguf_is_parsed_once_while_it_loads(smollm2_gguf):
+    """transformers makes a GGUFReader for the config, the tokenizer and the weights; within
+    gguf_read_once they share one, and afterwards gguf is as it was."""
+    import gguf
+
+    from ingot.builder.hf import gguf_read_once
+
+    original = gguf.GGUFReader
+    with gguf_read_once():
+        first = gguf.GGUFReader(smollm2_gguf)
+        assert gguf.GGUFReader(str(smollm2_gguf)) is first and isinstance(first, original)
+        assert len(first.tensors) == 272  # SmolLM2-135M: 30 layers x 9 tensors, the embedding, the final norm
+    assert gguf.GGUFReader is original
