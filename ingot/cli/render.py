@@ -46,6 +46,23 @@ def manifest_table(manifest: Manifest, root: Path) -> None:
     for t in manifest.targets.values():
         targets.add_row(t.name, f"{t.backend} {t.backend_version}", _size(t), _verified(t))
     out.print(targets)
+    for t in manifest.targets.values():
+        if t.tensorrt is not None:
+            out.print(tensorrt_line(t.name, t.tensorrt), soft_wrap=True)
+
+
+def tensorrt_line(name: str, info) -> str:
+    """What an sm plan needs of the machine that loads it, and what it embeds."""
+    loads = "sm_80 and newer" if info.hardware_compatibility == "ampere-plus" else "that arch only"
+    parts = [f"{name}: TensorRT {info.version}, built on compute {info.compute_capability} (loads on {loads})",
+             f"optimization level {info.builder_optimization_level}"]
+    if info.weights_stripped:
+        parts.append(f"weights stripped (refit from {info.refit_source})")
+    if info.timing_cache_sha256:
+        parts.append(f"timing cache {info.timing_cache_sha256[:12]}…")
+    if info.plugins:
+        parts.append(f"{len(info.plugins)} plugin kernel(s): " + ", ".join(sorted({k.kernel for k in info.plugins})))
+    return "; ".join(parts)
 
 
 def llm_limits(llm) -> list[str]:

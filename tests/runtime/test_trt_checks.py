@@ -231,3 +231,13 @@ def test_importing_the_runtime_imports_no_gpu_package():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'cuda', 'triton', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_inspect_says_what_an_sm_plan_needs(tmp_path):
+    b = sm_bundle(tmp_path / "b", "sm_86", compat="ampere-plus", cc="8.6", stripped="targets/sm_86/model.onnx",
+                  refit_file=True)
+    proc = ingot("inspect", b.root, "--check")
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("sm_86: TensorRT"))
+    assert line == ("sm_86: TensorRT 11.4.0.106, built on compute 8.6 (loads on sm_80 and newer); optimization level 3; "
+                    "weights stripped (refit from targets/sm_86/model.onnx)")
