@@ -6,6 +6,8 @@ the plan's inputs and outputs live here too.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 # The contract's attention node.
@@ -89,7 +91,7 @@ class LLMInfo(BaseModel):
     num_kv_heads: int = Field(ge=1)
     head_dim: int = Field(ge=1)
     vocab_size: int = Field(ge=1)
-    kv_dtype: str = "float32"
+    kv_dtype: Literal["float32", "float16", "bfloat16", "float8_e4m3fn"] = "float32"
     kv_block_size: int = Field(ge=1, description="tokens per KV block")
     max_num_tokens: int = Field(ge=1, description="tokens per step (the token budget)")
     max_num_seqs: int = Field(ge=1, description="sequences per step")
@@ -110,7 +112,7 @@ class LLMInfo(BaseModel):
 
     @property
     def kv_bytes_per_token(self) -> int:
-        itemsize = {"float32": 4, "float16": 2}[self.kv_dtype]
+        itemsize = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1}[self.kv_dtype]
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
 
     @property
