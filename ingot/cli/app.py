@@ -164,7 +164,7 @@ def run(
     ignore_eos: Annotated[bool, typer.Option(help="LLM: keep generating past EOS.", rich_help_panel="Generation")] = False,
     stream: Annotated[bool, typer.Option(help="LLM: print tokens as they come.", rich_help_panel="Generation")] = False,
     chat: Annotated[bool, typer.Option(help="LLM: wrap each prompt in the tokenizer's chat template.", rich_help_panel="Generation")] = False,
-    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache, bytes (2e9, 512MiB) or a fraction of available RAM (0.5). Default: what these prompts and --max-tokens need, at least one max_model_len sequence. " + KV_NOT_COVERED, rich_help_panel="Generation", show_default=False)] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache, bytes (2e9, 512MiB) or a fraction of available RAM (0.5; on an sm target, of free GPU memory). Default: what these prompts and --max-tokens need, at least one max_model_len sequence. " + KV_NOT_COVERED, rich_help_panel="Generation", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a bundle on this machine; LLM bundles generate from --prompt. Checksums are checked first."""
@@ -222,7 +222,7 @@ def serve(
     max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = 64 << 20,
     target: Annotated[str | None, typer.Option(help="Run this target instead of the automatic choice.")] = None,
     threads: Annotated[int | None, typer.Option(help="Intra-op threads of each model (default: ONNX Runtime's).")] = None,
-    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache of each model, bytes (2e9, 512MiB) or a fraction of available RAM (0.5). Default: " + KV_DEFAULT + " " + KV_NOT_COVERED, show_default=False)] = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(help="LLM: the paged KV cache of each model, bytes (2e9, 512MiB) or a fraction of available RAM (0.5; on an sm target, of free GPU memory). Default: " + KV_DEFAULT + " " + KV_NOT_COVERED, show_default=False)] = None,
     max_num_tokens: Annotated[int | None, typer.Option(help="LLM: token budget of a step (default 768, at most the plan's).")] = None,
 ) -> None:
     """Serve a model repository over gRPC (KServe v2) and HTTP (OpenAI). Prints READY when every model is loaded."""
