@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from ingot.builder.errors import BuildError
-from ingot.plans import Host, TargetName
+from ingot.plans import Host, TargetName, targets
 
 HardwareCompatibility = Literal["none", "ampere-plus"]
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's own default; 0 builds fastest, 5 searches longest
@@ -47,9 +47,8 @@ def sm_number(target: TargetName) -> int:
 
 
 def compute_capability(target: TargetName) -> str:
-    """sm_90 -> "9.0", sm_89 -> "8.9", sm_120 -> "12.0" (a CUDA minor version is one digit)."""
-    digits = target.arch.removeprefix("sm_")
-    return f"{int(digits[:-1])}.{digits[-1]}"
+    """sm_90 -> "9.0", sm_89 -> "8.9", sm_120 -> "12.0": ingot.plans.targets' reading, as the manifest writes it."""
+    return "{}.{}".format(*targets.compute_capability(target.arch))
 
 
 def resolve_auto(text: str, host: Host) -> str:
